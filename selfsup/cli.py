@@ -1,0 +1,139 @@
+"""`selfsup` command line: pretrain, eval knn|linear, export, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from selfsup.errors import SelfSupError
+
+
+def _pretrain(args) -> None:
+    from selfsup.config import load_config
+    from selfsup.train import pretrain
+
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None:
+            raise SelfSupError("--resume needs --out RUN_DIR (the run to continue)")
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise SelfSupError(f"cannot resume: {saved} does not exist")
+        cfg = load_config(saved, args.overrides)
+    else:
+        if args.recipe is None:
+            raise SelfSupError("give a recipe, e.g. selfsup pretrain recipes/simclr_cifar10.yaml")
+        cfg = load_config(args.recipe, args.overrides)
+        if out is None:
+            out = Path("runs") / Path(args.recipe).stem
+    if args.download:
+        cfg.data.download = True
+    metrics = pretrain(cfg, out, resume=args.resume, force=args.force)
+    print(json.dumps({"run": str(out), **metrics}))
+
+
+def _eval(args) -> None:
+    import torch
+
+    from selfsup.config import parse_overrides, _merge
+    from selfsup.distributed import pick_device
+    from selfsup.eval import eval_splits, run_knn, run_linear
+    from selfsup.report import write_probe_report
+    from selfsup.train import load_backbone
+
+    device = pick_device(args.device)
+    method, cfg = load_backbone(args.run, device)
+    _merge(cfg, parse_overrides(args.overrides))
+    splits = eval_splits(cfg)
+    if args.protocol == "knn":
+        top1 = run_knn(method.backbone, cfg, device, splits)
+        result = {"knn_top1": round(top1, 2), "k": cfg.eval.knn_k, "t": cfg.eval.knn_t}
+    else:
+        layers = None if args.layers == "all" else [s.strip() for s in args.layers.split(",")]
+        torch.manual_seed(cfg.seed)
+        accs = run_linear(method.backbone, cfg, device, layers, splits)
+        result = {"linear_top1": {k: round(v, 2) for k, v in accs.items()}}
+        write_probe_report(Path(args.run), {"pretrained": accs}, title=f"Linear probes: {Path(args.run).name}",
+                           note=f"eval source {cfg.eval.source or cfg.data.source}")
+    with open(Path(args.run) / "eval.jsonl", "a") as f:
+        f.write(json.dumps({"protocol": args.protocol, **result}) + "\n")
+    print(json.dumps(result))
+
+
+def _export(args) -> None:
+    from safetensors.torch import save_file
+
+    from selfsup.nets import ResNet
+    from selfsup.train import load_backbone
+
+    method, _ = load_backbone(args.run)
+    backbone = method.backbone
+    state = backbone.torchvision_state_dict() if isinstance(backbone, ResNet) else backbone.state_dict()
+    out = Path(args.output) if args.output else Path(args.run) / "backbone.safetensors"
+    if out.exists() and not args.force:
+        raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(out)
+    print(json.dumps({"exported": str(out), "tensors": len(state)}))
+
+
+def _demo(args) -> None:
+    from selfsup.demo import run_demo
+
+    run_demo(Path(args.out), force=args.force, minutes=args.minutes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pt = sub.add_parser("pretrain", help="pretrain a method from a YAML recipe")
+    pt.add_argument("recipe", nargs="?", help="recipe YAML (not needed with --resume)")
+    pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=50 optim.lr=0.3")
+    pt.add_argument("--out", "-o", help="run directory (default runs/<recipe name>)")
+    pt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    pt.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    pt.add_argument("--download", action="store_true", help="download the dataset if it is missing")
+    pt.set_defaults(func=_pretrain)
+
+    ev = sub.add_parser("eval", help="evaluate a run's frozen backbone")
+    ev.add_argument("protocol", choices=["knn", "linear"])
+    ev.add_argument("run", help="run directory")
+    ev.add_argument("overrides", nargs="*", help="key=value overrides of the eval section, e.g. eval.knn_k=20")
+    ev.add_argument("--layers", default="all", help="taps to probe: all, or a comma list such as conv1,conv2")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=_eval)
+
+    ex = sub.add_parser("export", help="write the backbone as a safetensors state_dict (torchvision key names for ResNets)")
+    ex.add_argument("run")
+    ex.add_argument("--output", "-o")
+    ex.add_argument("--force", action="store_true")
+    ex.set_defaults(func=_export)
+
+    de = sub.add_parser("demo", help="offline CPU demo: SimCLR on one photograph, probes on digits vs random init")
+    de.add_argument("--out", "-o", default="runs/demo")
+    de.add_argument("--force", action="store_true", help="overwrite an existing demo run")
+    de.add_argument("--minutes", type=float, default=5.0, help="pretraining budget in minutes")
+    de.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SelfSupError as e:
+        print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("selfsup: interrupted; the last finished epoch's checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Typed run configuration: dataclasses, YAML recipes and `key=value` overrides. Nothing is rescaled silently."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from selfsup.augment import AugmentConfig
+from selfsup.errors import SelfSupError
+
+
+@dataclass
+class DataConfig:
+    """What to train on."""
+
+    source: str = "folder:../shared/data/cifar10-jpeg.tar.gz"
+    split: str = "train"
+    root: str | None = None  # where official datasets live (default: the cache folder)
+    size: int | None = None  # resize (shorter side + centre crop) while decoding; None keeps the source size
+    samples_per_epoch: int | None = None  # draw this many indices with replacement per epoch (e.g. one image)
+    download: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The backbone."""
+
+    backbone: str = "resnet18"
+    cifar_stem: bool = True
+    input_size: int = 32
+    bn: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule: linear warm-up, then cosine to min_lr. lr is used as given (no batch scaling)."""
+
+    name: str = "sgd"  # sgd | lars
+    lr: float = 0.06
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 10.0
+    min_lr: float = 0.0
+    exclude_bias_norm: bool = True  # no weight decay (nor LARS adaptation) on biases and norm layers
+    lars_eta: float = 0.001
+
+
+@dataclass
+class EvalConfig:
+    """kNN monitor and probes: a labelled source with train/test splits."""
+
+    source: str | None = None  # default: the training source when it has labels
+    train_split: str = "train"
+    test_split: str = "test"
+    root: str | None = None
+    size: int | None = None  # decode-time resize of the eval source
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_every: int = 5  # epochs between kNN monitors (0: only at the end)
+    probe_dims: int = 9600  # each tap is average-pooled to about this many dimensions
+    probe_epochs: int = 30
+    probe_lr: float = 1e-3
+    probe_weight_decay: float = 5e-4
+    probe_batch_size: int = 256
+    batch_size: int = 512  # feature extraction
+
+
+@dataclass
+class SimCLRConfig:
+    """SimCLR's projection head and loss."""
+
+    temperature: float = 0.5
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+
+
+@dataclass
+class Config:
+    """One run."""
+
+    method: str = "simclr"
+    epochs: int = 100
+    batch_size: int = 512  # global, across all processes
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    channels_last: str = "auto"  # auto (on CUDA) | true | false
+    compile: bool = False
+    log_every: int = 20
+    max_minutes: float | None = None  # stop cleanly after the epoch that crosses this wall-clock budget
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+
+
+def _coerce(value, tp, where: str):
+    """Check/convert a YAML value to the dataclass field's type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except SelfSupError:
+                continue
+        raise SelfSupError(f"{where}: {value!r} is not a valid {tp}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(tp)):
+            raise SelfSupError(f"{where}: expected a list of {len(typing.get_args(tp))} numbers, got {value!r}")
+        return tuple(_coerce(v, t, where) for v, t in zip(value, typing.get_args(tp)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise SelfSupError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SelfSupError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise SelfSupError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float, bool)):
+            return str(value).lower() if isinstance(value, bool) else str(value)
+        raise SelfSupError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _merge(obj, updates: dict, where: str = ""):
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        path = f"{where}{key}"
+        if key not in names:
+            raise SelfSupError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise SelfSupError(f"{path} is a section; set its keys, e.g. {path}.{next(iter(f.name for f in dataclasses.fields(current)))}=...")
+            _merge(current, value, path + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+    return obj
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['a.b=1', 'c=x'] -> {'a': {'b': 1}, 'c': 'x'}; values are parsed as YAML."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SelfSupError(f"override {pair!r} must look like key=value (e.g. epochs=50 or optim.lr=0.3)")
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults, then the recipe YAML, then the overrides."""
+    cfg = Config()
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise SelfSupError(f"recipe {path} does not exist; give a YAML file such as recipes/simclr_cifar10.yaml")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SelfSupError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise SelfSupError(f"recipe {path} must be a mapping of config keys")
+        _merge(cfg, data)
+    if overrides:
+        _merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain dict (tuples as lists) for YAML/JSON."""
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return plain(asdict(cfg))
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,275 @@
+"""The one training loop for every method: single process or DDP under torchrun.
+
+Data flows one way: dataset indices -> uint8 batch on the device -> method.training_step (augment,
+backbone, head, loss) -> optimizer. The whole training split lives on the device as uint8, so there are
+no DataLoader workers. Randomness is re-seeded from (seed, epoch, rank) at every epoch start, which is
+what makes `--resume` continue a run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from selfsup.config import Config, config_to_dict, save_config
+from selfsup.data import load_source
+from selfsup.distributed import DistInfo, init_distributed
+from selfsup.errors import SelfSupError
+from selfsup.eval import eval_splits, run_knn
+from selfsup.methods import Batch, EpochContext, Method, build_method
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and a layer-wise trust ratio (You et al. 2017), as SimCLR uses for large batches.
+
+    Parameter groups with `lars=False` (biases, norm layers) take plain SGD steps.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
+                if group["lars"]:
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    d.mul_(trust)
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = d
+                else:
+                    buf.mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD or LARS; biases and norm-layer weights (1-d tensors) skip weight decay and LARS when configured."""
+    o = cfg.optim
+    decay, plain = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (plain if o.exclude_bias_norm and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": plain, "weight_decay": 0.0, "lars": False}]
+    groups = [g for g in groups if g["params"]]
+    if o.name == "sgd":
+        for g in groups:
+            g.pop("lars", None)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    if o.name == "lars":
+        return LARS(groups, lr=o.lr, momentum=o.momentum, eta=o.lars_eta)
+    raise SelfSupError(f"unknown optimizer {o.name!r}; use sgd or lars")
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from base to min_lr at `total`."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then rename over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """The run's last checkpoint, with a clear error when there is none."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise SelfSupError(f"no checkpoint in {run_dir}; give the directory of a pretraining run")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an existing run unless --force; --resume needs a checkpoint to continue from."""
+    has_run = out.exists() and any(out.iterdir())
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise SelfSupError(f"cannot resume: no {CHECKPOINT} in {out}")
+        return
+    if has_run and not force:
+        raise SelfSupError(f"run directory {out} already exists; pass --resume to continue it or --force to overwrite it")
+    if has_run and force:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 9_973 + rank * 7_919) % (2**63)
+
+
+def _unwrap(model: torch.nn.Module) -> Method:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Pretrain `cfg.method` into run directory `out`; returns the last epoch's metrics."""
+    out = Path(out)
+    info = init_distributed(cfg.device)
+    if info.is_main:
+        prepare_run_dir(out, resume, force)
+    if info.enabled:
+        dist.barrier()
+    if cfg.batch_size % info.world_size:
+        raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
+    if cfg.augment.size != cfg.model.input_size:
+        raise SelfSupError(f"augment.size ({cfg.augment.size}) must equal model.input_size ({cfg.model.input_size})")
+    device = info.device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+    channels_last = cfg.channels_last == "true" or (cfg.channels_last == "auto" and cuda)
+
+    data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, cfg.data.download, cfg.data.size)
+    images = torch.from_numpy(np.array(data.images)).to(device)  # read the memory map into (device) memory once
+    n_data = len(data)
+    per_epoch = cfg.data.samples_per_epoch or n_data
+    steps_per_epoch = per_epoch // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or set data.samples_per_epoch")
+    if n_data == 1 and not cfg.data.samples_per_epoch:
+        raise SelfSupError(f"{cfg.data.source} is one image; set data.samples_per_epoch (e.g. 50000) to say how many crops make an epoch")
+
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg).to(device)
+    method.channels_last = channels_last
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method, cfg)
+    start_epoch = 0
+    if resume:
+        ckpt = load_checkpoint(out)
+        method.load_state_dict(ckpt["method"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch = ckpt["epoch"]
+    if cfg.compile:
+        method.backbone = torch.compile(method.backbone)
+    model: torch.nn.Module = method
+    if info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if cuda else None)
+
+    writer = None
+    if info.is_main:
+        save_config(cfg, out / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+    splits = eval_splits(cfg, required=False) if info.is_main else None
+
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    local_bs = cfg.batch_size // info.world_size
+    t_start = time.time()
+    last: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        _unwrap(model).on_epoch_start(EpochContext(epoch, images, device))
+        order_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+        order = (torch.randint(n_data, (per_epoch,), generator=order_gen) if cfg.data.samples_per_epoch
+                 else torch.randperm(n_data, generator=order_gen)).to(device)
+        aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
+        loss_sum = torch.zeros((), device=device)
+        bad = torch.zeros((), dtype=torch.bool, device=device)
+        t0 = time.time()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and info.is_main),
+                   leave=False, dynamic_ncols=True)
+        for step in range(steps_per_epoch):
+            gstep = epoch * steps_per_epoch + step
+            lr = lr_at(gstep, total_steps, warmup, cfg.optim.lr, cfg.optim.min_lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            start = step * cfg.batch_size + info.rank * local_bs
+            idx = order[start:start + local_bs]
+            if n_data == 1:
+                batch = Batch(images, idx, aug_gen, views_per_image=local_bs)
+            else:
+                batch = Batch(images.index_select(0, idx), idx, aug_gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
+                outputs = model(batch)
+            loss = outputs["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            detached = loss.detach().float()
+            loss_sum += detached
+            bad |= ~torch.isfinite(detached)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
+                if bad.item():
+                    raise SelfSupError(
+                        f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, and the last good "
+                        f"checkpoint (epoch {epoch}) is kept in {out} — lower optim.lr or check the data")
+                if writer:
+                    for key, value in outputs.items():
+                        writer.add_scalar(f"train/{key}", float(value.detach()), gstep)
+                    writer.add_scalar("train/lr", lr, gstep)
+                bar.set_postfix(loss=f"{detached.item():.4f}", lr=f"{lr:.3g}")
+            bar.update(1)
+        bar.close()
+        if info.enabled:
+            dist.all_reduce(loss_sum)
+            loss_sum /= info.world_size
+        seconds = time.time() - t0
+        last = {"epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch, "lr": lr, "epoch_seconds": round(seconds, 3),
+                "images_per_second": round(steps_per_epoch * cfg.batch_size / seconds, 1)}
+        budget_hit = cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes
+        final = epoch + 1 == cfg.epochs or budget_hit
+        if info.is_main and splits and ((cfg.eval.knn_every and (epoch + 1) % cfg.eval.knn_every == 0) or final):
+            last["knn_top1"] = round(run_knn(_unwrap(model).backbone, cfg, device, splits), 2)
+        if info.is_main:
+            save_atomic({"epoch": epoch + 1, "method": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                         "config": config_to_dict(cfg)}, out / CHECKPOINT)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(last) + "\n")
+            for key, value in last.items():
+                if key != "epoch":
+                    writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+            writer.flush()
+            msg = " ".join(f"{k}={v}" for k, v in last.items())
+            tqdm.write(msg) if progress else None
+        if info.enabled:
+            dist.barrier()
+        if budget_hit and epoch + 1 < cfg.epochs:
+            if info.is_main and progress:
+                tqdm.write(f"stopping after epoch {epoch + 1}: max_minutes={cfg.max_minutes} reached (resume with --resume)")
+            break
+    if writer:
+        writer.close()
+    return last
+
+
+def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Method, Config]:
+    """Rebuild a run's method from its checkpoint (for evaluation and export)."""
+    from selfsup.config import load_config
+
+    ckpt = load_checkpoint(Path(run_dir))
+    cfg = load_config(overrides=ckpt["config"])
+    method = build_method(cfg)
+    method.load_state_dict(ckpt["method"])
+    return method.to(device).eval(), cfg
+
+
+__all__ = ["pretrain", "load_backbone", "load_checkpoint", "build_optimizer", "lr_at", "LARS", "save_atomic", "DistInfo"]

@@ -1,0 +1,38 @@
+import pytest
+
+from selfsup.config import load_config, parse_overrides
+from selfsup.errors import SelfSupError
+
+
+def test_recipe_then_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 7\noptim:\n  lr: 0.5\naugment:\n  crop_scale: [0.2, 1.0]\n")
+    cfg = load_config(recipe, ["optim.lr=0.1", "model.backbone=alexnet_small", "data.size=null"])
+    assert cfg.epochs == 7 and cfg.optim.lr == 0.1 and cfg.model.backbone == "alexnet_small"
+    assert cfg.augment.crop_scale == (0.2, 1.0) and cfg.data.size is None
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_overrides(["a.b=1", "c=x", "d=[1, 2]"]) == {"a": {"b": 1}, "c": "x", "d": [1, 2]}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["epochz=3"], "unknown config key 'epochz'"),
+    (["optim.lr=fast"], "optim.lr: expected a number"),
+    (["epochs=1.5"], "epochs: expected an integer"),
+    (["optim=3"], "optim is a section"),
+    (["novalue"], "must look like key=value"),
+])
+def test_bad_config_is_one_clear_line(overrides, message):
+    with pytest.raises(SelfSupError, match=message) as info:
+        load_config(None, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_invalid_recipe(tmp_path):
+    with pytest.raises(SelfSupError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(SelfSupError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,95 @@
+import json
+import math
+
+import pytest
+import torch
+
+from selfsup.config import load_config
+from selfsup.errors import SelfSupError
+from selfsup.methods.simclr import SimCLR
+from selfsup.train import LARS, load_checkpoint, lr_at, pretrain
+
+
+def tiny_config(**extra):
+    """SimCLR on digits at 16 px: a real run, small enough for a unit test."""
+    overrides = {
+        "epochs": 2, "batch_size": 32, "log_every": 2, "seed": 3,
+        "data": {"source": "digits", "size": 16, "samples_per_epoch": 128},
+        "model": {"backbone": "exemplar_small", "input_size": 16},
+        "augment": {"size": 16},
+        "optim": {"lr": 0.05, "warmup_epochs": 1},
+        "simclr": {"proj_hidden": 32, "proj_dim": 16},
+        "eval": {"size": 16, "knn_every": 1, "knn_k": 20},
+    }
+    for key, value in extra.items():
+        overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_config(overrides=overrides)
+
+
+def _weights(run):
+    return load_checkpoint(run)["method"]
+
+
+def test_run_writes_its_files_and_knn(tmp_path):
+    last = pretrain(tiny_config(), tmp_path / "run", progress=False)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "checkpoint.pt", "metrics.jsonl", "tb"} <= files
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and all(math.isfinite(m["loss"]) for m in lines)
+    assert 0 <= last["knn_top1"] <= 100
+
+
+def test_resume_continues_exactly(tmp_path):
+    pretrain(tiny_config(), tmp_path / "straight", progress=False)
+    pretrain(tiny_config(epochs=2, max_minutes=0.0), tmp_path / "split", progress=False)  # stops after epoch 1
+    assert load_checkpoint(tmp_path / "split")["epoch"] == 1
+    pretrain(tiny_config(), tmp_path / "split", resume=True, progress=False)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_existing_run_needs_force(tmp_path):
+    pretrain(tiny_config(epochs=1), tmp_path / "run", progress=False)
+    with pytest.raises(SelfSupError, match="already exists"):
+        pretrain(tiny_config(epochs=1), tmp_path / "run", progress=False)
+    pretrain(tiny_config(epochs=1), tmp_path / "run", force=True, progress=False)
+    with pytest.raises(SelfSupError, match="cannot resume"):
+        pretrain(tiny_config(epochs=1), tmp_path / "other", resume=True, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    pretrain(tiny_config(epochs=1), tmp_path / "run", progress=False)
+    good = _weights(tmp_path / "run")
+    real_step = SimCLR.training_step
+
+    def poisoned(self, batch):
+        out = real_step(self, batch)
+        return {"loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(SimCLR, "training_step", poisoned)
+    with pytest.raises(SelfSupError, match="loss became nan.*last good checkpoint \\(epoch 1\\)"):
+        pretrain(tiny_config(epochs=2), tmp_path / "run", resume=True, progress=False)
+    kept = load_checkpoint(tmp_path / "run")
+    assert kept["epoch"] == 1
+    for key in good:
+        torch.testing.assert_close(kept["method"][key], good[key], rtol=0, atol=0)
+
+
+def test_single_image_needs_samples_per_epoch(tmp_path):
+    cfg = tiny_config(data={"source": "image:skimage/astronaut", "samples_per_epoch": None, "size": None})
+    with pytest.raises(SelfSupError, match="samples_per_epoch"):
+        pretrain(cfg, tmp_path / "run", progress=False)
+
+
+def test_schedule_and_lars():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+    w = torch.nn.Parameter(torch.full((4,), 2.0))
+    w.grad = torch.full((4,), 100.0)
+    LARS([{"params": [w]}], lr=1.0, momentum=0.0, eta=0.001).step()
+    # Trust ratio eta * |w| / |g| makes the step size independent of the gradient's scale.
+    torch.testing.assert_close(w.detach(), torch.full((4,), 2.0 - 0.001 * 2.0))
