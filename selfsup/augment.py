@@ -11,7 +11,7 @@ hue is rotated about the grey axis in YIQ space rather than in HSV (the two agre
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -225,9 +225,9 @@ def to_input(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
     return normalize(x)
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, n: int | None = None,
-            return_params: bool = False):
-    """Augment a uint8 batch (B,H,W,3) into normalised (B,3,S,S); with one source image, n sets how many views."""
+def augment_unit(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, n: int | None = None,
+                 return_params: bool = False):
+    """Augment a uint8 batch (B,H,W,3) into RGB floats in [0,1], (B,3,S,S); with one source image, n sets how many."""
     device = images.device
     count = n if n is not None else images.shape[0]
     src = to_float(images)
@@ -246,10 +246,39 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
     solar = torch.rand(count, generator=generator, device=device) < cfg.solarize_p
     if cfg.solarize_p > 0:
         x = torch.where(solar[:, None, None, None] & (x >= cfg.solarize_threshold), 1 - x, x)
-    out = normalize(x)
     if not return_params:
-        return out
-    return out, AugmentParams(theta, wh, flip, angle, color, jitter, factors, gray, sigma, solar)
+        return x
+    return x, AugmentParams(theta, wh, flip, angle, color, jitter, factors, gray, sigma, solar)
 
 
-__all__ = ["AugmentConfig", "AugmentParams", "augment", "simclr_recipe", "to_input", "to_float", "normalize", "replace"]
+def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, n: int | None = None,
+            return_params: bool = False):
+    """Augment a uint8 batch (B,H,W,3) into normalised network input (B,3,S,S)."""
+    out = augment_unit(images, cfg, generator, n, return_params)
+    if return_params:
+        return normalize(out[0]), out[1]
+    return normalize(out)
+
+
+def synthesize(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, n: int) -> torch.Tensor:
+    """n new uint8 images (n,S,S,3) made from a few source images by heavy augmentation (single-image training).
+
+    These play the role of dataset images: a method then draws its own views from each of them, so two
+    views of one synthetic image are a positive pair while other synthetic images are negatives.
+    """
+    picks = torch.randint(images.shape[0], (n,), generator=generator, device=images.device) if images.shape[0] > 1 else None
+    src = images if picks is None else images.index_select(0, picks)
+    x = augment_unit(src, cfg, generator, n=n if picks is None else None)
+    return x.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def single_image_recipe(size: int = 64) -> AugmentConfig:
+    """How one image becomes many (after Asano et al. 2020): large random crops, rotation and shear, flips,
+    colour jitter (0.4, 0.4, 0.4, 0.1) with probability 0.5."""
+    return AugmentConfig(size=size, crop_scale=(0.02, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, rotation=30.0,
+                         shear=10.0, padding="reflection", jitter_p=0.5, brightness=0.4, contrast=0.4, saturation=0.4,
+                         hue=0.1, grayscale_p=0.0)
+
+
+__all__ = ["AugmentConfig", "AugmentParams", "augment", "augment_unit", "synthesize", "simclr_recipe", "single_image_recipe",
+           "to_input", "to_float", "normalize"]

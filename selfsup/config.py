@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from selfsup.augment import AugmentConfig
+from selfsup.augment import AugmentConfig, single_image_recipe
 from selfsup.errors import SelfSupError
 
 
@@ -24,6 +24,10 @@ class DataConfig:
     size: int | None = None  # resize (shorter side + centre crop) while decoding; None keeps the source size
     samples_per_epoch: int | None = None  # draw this many indices with replacement per epoch (e.g. one image)
     download: bool = False
+    # Fewer source images than a batch (e.g. one photograph): every batch is made of new images synthesised
+    # from them by `single_image` augmentation, and the method draws its own views from those.
+    synthesize: bool | None = None  # None: on when the source holds fewer images than batch_size
+    single_image: AugmentConfig = field(default_factory=single_image_recipe)
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    channels_last: str = "auto"  # auto (on CUDA) | true | false
+    channels_last: str = "auto"  # auto (= true: faster on CPU and CUDA alike) | true | false
     compile: bool = False
     log_every: int = 20
     max_minutes: float | None = None  # stop cleanly after the epoch that crosses this wall-clock budget

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from selfsup.augment import synthesize
 from selfsup.config import Config, config_to_dict, save_config
 from selfsup.data import load_source
 from selfsup.distributed import DistInfo, init_distributed
@@ -142,7 +143,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     if cuda:
         torch.backends.cudnn.benchmark = True
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
-    channels_last = cfg.channels_last == "true" or (cfg.channels_last == "auto" and cuda)
+    channels_last = cfg.channels_last in ("auto", "true")  # measured faster for every backbone on CPU too
 
     data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, cfg.data.download, cfg.data.size)
     images = torch.from_numpy(np.array(data.images)).to(device)  # read the memory map into (device) memory once
@@ -151,8 +152,10 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     steps_per_epoch = per_epoch // cfg.batch_size
     if steps_per_epoch == 0:
         raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or set data.samples_per_epoch")
-    if n_data == 1 and not cfg.data.samples_per_epoch:
-        raise SelfSupError(f"{cfg.data.source} is one image; set data.samples_per_epoch (e.g. 50000) to say how many crops make an epoch")
+    synth = cfg.data.synthesize if cfg.data.synthesize is not None else n_data < cfg.batch_size
+    if synth and not cfg.data.samples_per_epoch:
+        raise SelfSupError(f"{cfg.data.source} holds {n_data} image(s), fewer than a batch; set data.samples_per_epoch "
+                           "(e.g. 50000) to say how many synthesised images make an epoch")
 
     torch.manual_seed(cfg.seed)
     method = build_method(cfg).to(device)
@@ -204,10 +207,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
                 g["lr"] = lr
             start = step * cfg.batch_size + info.rank * local_bs
             idx = order[start:start + local_bs]
-            if n_data == 1:
-                batch = Batch(images, idx, aug_gen, views_per_image=local_bs)
-            else:
-                batch = Batch(images.index_select(0, idx), idx, aug_gen)
+            batch_images = synthesize(images, cfg.data.single_image, aug_gen, local_bs) if synth else images.index_select(0, idx)
+            batch = Batch(batch_images, idx, aug_gen)
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
                 outputs = model(batch)
             loss = outputs["loss"]

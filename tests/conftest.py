@@ -18,6 +18,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def shared_cifar(tmp_path_factory) -> Path:
     """The shared CIFAR-10 JPEG copy; skipped (with the reason) where ../shared/data is absent."""
     if not SHARED_CIFAR.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI requires {SHARED_CIFAR} (the shared CIFAR-10 copy) but it is absent")
         pytest.skip(f"needs {SHARED_CIFAR} (the shared CIFAR-10 copy); CI has it")
     return SHARED_CIFAR
 

@@ -132,3 +132,17 @@ def test_rotation_by_180_and_crop_of_shared_image():
     shared = augment(one, simclr_recipe(16), g1, n=6)
     copies = augment(one.expand(6, -1, -1, -1), simclr_recipe(16), g2)
     torch.testing.assert_close(shared, copies, atol=1e-4, rtol=0)
+
+
+def test_synthesize_makes_new_images_from_one():
+    from selfsup.augment import single_image_recipe, synthesize
+
+    one = _images(1, 80, 120)
+    cfg = single_image_recipe(size=24)
+    a = synthesize(one, cfg, torch.Generator().manual_seed(9), 16)
+    b = synthesize(one, cfg, torch.Generator().manual_seed(9), 16)
+    assert a.shape == (16, 24, 24, 3) and a.dtype == torch.uint8
+    assert torch.equal(a, b)
+    assert len({bytes(im.numpy()) for im in a}) == 16  # every synthesised image differs
+    few = synthesize(_images(3, 40, 40), cfg, torch.Generator().manual_seed(1), 10)
+    assert few.shape == (10, 24, 24, 3)

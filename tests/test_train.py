@@ -93,3 +93,11 @@ def test_schedule_and_lars():
     LARS([{"params": [w]}], lr=1.0, momentum=0.0, eta=0.001).step()
     # Trust ratio eta * |w| / |g| makes the step size independent of the gradient's scale.
     torch.testing.assert_close(w.detach(), torch.full((4,), 2.0 - 0.001 * 2.0))
+
+
+def test_single_image_source_trains_on_synthesised_images(tmp_path):
+    cfg = tiny_config(data={"source": "image:skimage/astronaut", "size": 64, "samples_per_epoch": 64},
+                      eval={"source": "digits"}, epochs=1)
+    cfg.data.single_image.size = 32
+    last = pretrain(cfg, tmp_path / "run", progress=False)
+    assert math.isfinite(last["loss"]) and "knn_top1" in last

@@ -17,7 +17,6 @@ class Batch:
     images: torch.Tensor
     index: torch.Tensor
     generator: torch.Generator
-    views_per_image: int | None = None  # for a single shared source image: how many views to draw
 
 
 @dataclass

@@ -29,8 +29,8 @@ class SimCLR(Method):
 
     def views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Two independently augmented views of every image."""
-        v1 = augment(batch.images, self.aug, batch.generator, n=batch.views_per_image)
-        v2 = augment(batch.images, self.aug, batch.generator, n=batch.views_per_image)
+        v1 = augment(batch.images, self.aug, batch.generator)
+        v2 = augment(batch.images, self.aug, batch.generator)
         return v1, v2
 
     def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
