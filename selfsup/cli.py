@@ -37,29 +37,43 @@ def _pretrain(args) -> None:
 def _eval(args) -> None:
     import torch
 
-    from selfsup.config import parse_overrides, _merge
+    from selfsup.config import apply_overrides
     from selfsup.distributed import pick_device
     from selfsup.eval import eval_splits, run_knn, run_linear
     from selfsup.report import write_probe_report
     from selfsup.train import load_backbone
 
     device = pick_device(args.device)
-    method, cfg = load_backbone(args.run, device)
-    _merge(cfg, parse_overrides(args.overrides))
+    method, cfg = load_backbone(args.run, device, random_init=args.random_init)
+    apply_overrides(cfg, args.overrides)
+    model_name = "random init" if args.random_init else "pretrained"
     splits = eval_splits(cfg)
     if args.protocol == "knn":
         top1 = run_knn(method.backbone, cfg, device, splits)
-        result = {"knn_top1": round(top1, 2), "k": cfg.eval.knn_k, "t": cfg.eval.knn_t}
+        result = {"model": model_name, "knn_top1": round(top1, 2), "k": cfg.eval.knn_k, "t": cfg.eval.knn_t}
     else:
         layers = None if args.layers == "all" else [s.strip() for s in args.layers.split(",")]
         torch.manual_seed(cfg.seed)
         accs = run_linear(method.backbone, cfg, device, layers, splits)
-        result = {"linear_top1": {k: round(v, 2) for k, v in accs.items()}}
-        write_probe_report(Path(args.run), {"pretrained": accs}, title=f"Linear probes: {Path(args.run).name}",
-                           note=f"eval source {cfg.eval.source or cfg.data.source}")
+        result = {"model": model_name, "linear_top1": {k: round(v, 2) for k, v in accs.items()}}
+        write_probe_report(Path(args.run), _probe_history(Path(args.run), model_name, accs),
+                           title=f"Linear probes: {Path(args.run).name}", note=f"eval source {cfg.eval.source or cfg.data.source}")
     with open(Path(args.run) / "eval.jsonl", "a") as f:
         f.write(json.dumps({"protocol": args.protocol, **result}) + "\n")
     print(json.dumps(result))
+
+
+def _probe_history(run: Path, model_name: str, accs: dict[str, float]) -> dict[str, dict[str, float]]:
+    """This probe result beside the run's earlier ones on the same layers (so the report shows both models)."""
+    results: dict[str, dict[str, float]] = {}
+    log = run / "eval.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("protocol") == "linear" and list(entry["linear_top1"]) == list(accs):
+                results[entry.get("model", "pretrained")] = entry["linear_top1"]
+    results[model_name] = accs
+    return results
 
 
 def _export(args) -> None:
@@ -105,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help="key=value overrides of the eval section, e.g. eval.knn_k=20")
     ev.add_argument("--layers", default="all", help="taps to probe: all, or a comma list such as conv1,conv2")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--random-init", action="store_true", help="evaluate the run's architecture at its initialisation (a baseline)")
     ev.set_defaults(func=_eval)
 
     ex = sub.add_parser("export", help="write the backbone as a safetensors state_dict (torchvision key names for ResNets)")

@@ -177,6 +177,11 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
+    """Apply `key=value` overrides to an existing config (e.g. one loaded from a run)."""
+    return _merge(cfg, parse_overrides(pairs))
+
+
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Defaults, then the recipe YAML, then the overrides."""
     cfg = Config()

@@ -104,8 +104,11 @@ def load_checkpoint(run_dir: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to overwrite an existing run unless --force; --resume needs a checkpoint to continue from."""
+def prepare_run_dir(out: Path, resume: bool, force: bool, create: bool = True) -> None:
+    """Refuse to overwrite an existing run unless --force; --resume needs a checkpoint to continue from.
+
+    Every process checks (so all raise the same error); only the one with `create` touches the disk.
+    """
     has_run = out.exists() and any(out.iterdir())
     if resume:
         if not (out / CHECKPOINT).is_file():
@@ -113,7 +116,9 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
         return
     if has_run and not force:
         raise SelfSupError(f"run directory {out} already exists; pass --resume to continue it or --force to overwrite it")
-    if has_run and force:
+    if not create:
+        return
+    if has_run:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -130,14 +135,13 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     """Pretrain `cfg.method` into run directory `out`; returns the last epoch's metrics."""
     out = Path(out)
     info = init_distributed(cfg.device)
-    if info.is_main:
-        prepare_run_dir(out, resume, force)
-    if info.enabled:
-        dist.barrier()
     if cfg.batch_size % info.world_size:
         raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
     if cfg.augment.size != cfg.model.input_size:
         raise SelfSupError(f"augment.size ({cfg.augment.size}) must equal model.input_size ({cfg.model.input_size})")
+    prepare_run_dir(out, resume, force, create=info.is_main)
+    if info.enabled:
+        dist.barrier()
     device = info.device
     cuda = device.type == "cuda"
     if cuda:
@@ -181,7 +185,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
-    splits = eval_splits(cfg, required=False) if info.is_main else None
+    # An eval source the user named must load; the training source is only used when it has labelled splits.
+    splits = eval_splits(cfg, required=cfg.eval.source is not None)
 
     total_steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
@@ -219,6 +224,10 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
             loss_sum += detached
             bad |= ~torch.isfinite(detached)
             if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
+                if info.enabled:  # every rank must stop together, whichever saw the NaN
+                    flag = bad.float()
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    bad = flag.bool()
                 if bad.item():
                     raise SelfSupError(
                         f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, and the last good "
@@ -237,6 +246,10 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         last = {"epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch, "lr": lr, "epoch_seconds": round(seconds, 3),
                 "images_per_second": round(steps_per_epoch * cfg.batch_size / seconds, 1)}
         budget_hit = cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes
+        if info.enabled:  # rank 0's clock decides, so all ranks stop after the same epoch
+            flag = torch.tensor(float(budget_hit), device=device)
+            dist.broadcast(flag, 0)
+            budget_hit = bool(flag.item())
         final = epoch + 1 == cfg.epochs or budget_hit
         if info.is_main and splits and ((cfg.eval.knn_every and (epoch + 1) % cfg.eval.knn_every == 0) or final):
             last["knn_top1"] = round(run_knn(_unwrap(model).backbone, cfg, device, splits), 2)
@@ -262,14 +275,19 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     return last
 
 
-def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Method, Config]:
-    """Rebuild a run's method from its checkpoint (for evaluation and export)."""
+def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu", random_init: bool = False) -> tuple[Method, Config]:
+    """Rebuild a run's method from its checkpoint (for evaluation and export).
+
+    With random_init, the same architecture at the initialisation the run started from (a baseline).
+    """
     from selfsup.config import load_config
 
     ckpt = load_checkpoint(Path(run_dir))
     cfg = load_config(overrides=ckpt["config"])
+    torch.manual_seed(cfg.seed)  # as in pretrain, so random_init is the run's own starting point
     method = build_method(cfg)
-    method.load_state_dict(ckpt["method"])
+    if not random_init:
+        method.load_state_dict(ckpt["method"])
     return method.to(device).eval(), cfg
 
 

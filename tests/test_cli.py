@@ -23,7 +23,10 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert main(["eval", "linear", str(run), "--layers", "conv1,layer4"]) == 0
     accs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["linear_top1"]
     assert list(accs) == ["conv1", "layer4"]
-    assert (run / "report.md").is_file() and (run / "probes.png").is_file()
+    assert main(["eval", "linear", str(run), "--layers", "conv1,layer4", "--random-init"]) == 0
+    capsys.readouterr()
+    report = (run / "report.md").read_text()
+    assert "| pretrained |" in report and "| random init |" in report and (run / "probes.png").is_file()
     assert main(["export", str(run)]) == 0
     from safetensors.torch import load_file
 

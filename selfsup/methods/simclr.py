@@ -20,6 +20,8 @@ def projection_head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
 class SimCLR(Method):
     """Contrast two views of each image against every other view in the (global) batch."""
 
+    channels_last: bool = False  # set by the training loop when the model runs in channels_last
+
     def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: SimCLRConfig):
         super().__init__()
         self.backbone = backbone
@@ -44,5 +46,3 @@ class SimCLR(Method):
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         z1, z2 = self.embed(x1, x2)
         return {"loss": nt_xent(z1, z2, self.temperature)}
-
-    channels_last: bool = False

@@ -1,0 +1,15 @@
+import json
+
+from selfsup.demo import run_demo
+
+
+def test_demo_writes_report_with_both_nets(tmp_path):
+    # A zero-minute budget stops pretraining after its first epoch; the rest of the demo runs as usual.
+    results = run_demo(tmp_path / "demo", minutes=0.0)
+    assert set(results) == {"single image (SimCLR)", "random init"}
+    for accs in results.values():
+        assert list(accs) == ["conv1", "conv2", "fc"] and all(0 <= a <= 100 for a in accs.values())
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| single image (SimCLR) |" in report and "| random init |" in report
+    assert (tmp_path / "demo" / "probes.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "demo" / "results.json").read_text()) == results
