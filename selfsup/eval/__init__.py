@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from selfsup.config import Config
@@ -46,19 +48,47 @@ def run_knn(backbone: Backbone, cfg: Config, device: torch.device, splits: tuple
                         max(train.num_classes, int(train.labels.max()) + 1), cfg.eval.knn_k, cfg.eval.knn_t)
 
 
+@dataclass
+class TapFeatures:
+    """Pooled tap features of a labelled train/test pair, extracted once and shared by the per-layer protocols."""
+
+    train: dict[str, torch.Tensor]
+    test: dict[str, torch.Tensor]
+    train_labels: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+
+
+def tap_features(backbone: Backbone, cfg: Config, device: torch.device, layers: list[str] | None = None,
+                 splits: tuple[ImageArray, ImageArray] | None = None) -> TapFeatures:
+    """Every requested tap (all when None), average-pooled to ~eval.probe_dims, for the eval train and test splits."""
+    train, test = splits or eval_splits(cfg)
+    layers = layers or list(backbone.taps)
+    size, e = cfg.model.input_size, cfg.eval
+    return TapFeatures(extract_taps(backbone, train.images, size, device, layers, e.probe_dims, e.batch_size),
+                       extract_taps(backbone, test.images, size, device, layers, e.probe_dims, e.batch_size),
+                       torch.from_numpy(train.labels), torch.from_numpy(test.labels),
+                       max(train.num_classes, int(train.labels.max()) + 1))
+
+
+def linear_probes(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Top-1 (percent) of a linear probe per tap."""
+    e = cfg.eval
+    return train_linear_probes(feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
+                               e.probe_epochs, e.probe_lr, e.probe_weight_decay, e.probe_batch_size, device, cfg.seed)
+
+
+def layer_knn(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Top-1 (percent) of weighted kNN (eval.knn_k, eval.knn_t) on each tap's pooled features."""
+    return {name: knn_accuracy(feats.train[name].to(device).float(), feats.train_labels, feats.test[name].to(device).float(),
+                               feats.test_labels, feats.num_classes, cfg.eval.knn_k, cfg.eval.knn_t) for name in feats.train}
+
+
 def run_linear(backbone: Backbone, cfg: Config, device: torch.device, layers: list[str] | None = None,
                splits: tuple[ImageArray, ImageArray] | None = None) -> dict[str, float]:
     """Top-1 (percent) of a linear probe on every requested tap (all when None)."""
-    train, test = splits or eval_splits(cfg)
-    layers = layers or list(backbone.taps)
-    size = cfg.model.input_size
-    e = cfg.eval
-    tr = extract_taps(backbone, train.images, size, device, layers, e.probe_dims, e.batch_size)
-    te = extract_taps(backbone, test.images, size, device, layers, e.probe_dims, e.batch_size)
-    return train_linear_probes(tr, torch.from_numpy(train.labels), te, torch.from_numpy(test.labels),
-                               max(train.num_classes, int(train.labels.max()) + 1), e.probe_epochs, e.probe_lr,
-                               e.probe_weight_decay, e.probe_batch_size, device, cfg.seed)
+    return linear_probes(tap_features(backbone, cfg, device, layers, splits), cfg, device)
 
 
-__all__ = ["eval_splits", "run_knn", "run_linear", "extract_features", "extract_taps", "probe_pool",
+__all__ = ["eval_splits", "run_knn", "run_linear", "tap_features", "linear_probes", "layer_knn", "TapFeatures", "extract_features", "extract_taps", "probe_pool",
            "knn_accuracy", "knn_predict", "train_linear_probes"]

@@ -30,9 +30,10 @@ class SimCLR(Method):
         self.temperature = cfg.temperature
 
     def views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two independently augmented views of every image."""
-        v1 = augment(batch.images, self.aug, batch.generator)
-        v2 = augment(batch.images, self.aug, batch.generator)
+        """Two independently augmented views of every image (in fp32 even under autocast: colour maps need it)."""
+        with torch.autocast(batch.images.device.type, enabled=False):
+            v1 = augment(batch.images, self.aug, batch.generator)
+            v2 = augment(batch.images, self.aug, batch.generator)
         return v1, v2
 
     def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
