@@ -97,7 +97,7 @@ def _export(args) -> None:
 def _demo(args) -> None:
     from selfsup.demo import run_demo
 
-    run_demo(Path(args.out), force=args.force, minutes=args.minutes)
+    run_demo(Path(args.out), force=args.force, minutes=args.minutes, epochs=args.epochs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="offline CPU demo: SimCLR on one photograph, probes on digits vs random init")
     de.add_argument("--out", "-o", default="runs/demo")
     de.add_argument("--force", action="store_true", help="overwrite an existing demo run")
-    de.add_argument("--minutes", type=float, default=5.0, help="pretraining budget in minutes")
+    de.add_argument("--minutes", type=float, default=7.0, help="pretraining stops after the epoch that crosses this many minutes")
+    de.add_argument("--epochs", type=int, default=20, help="pretraining epochs of 6,400 synthesised images")
     de.set_defaults(func=_demo)
     return p
 

@@ -23,11 +23,11 @@ from selfsup.train import pretrain, prepare_run_dir
 DEMO_IMAGE = "image:skimage/astronaut"
 
 
-def demo_config(minutes: float) -> Config:
+def demo_config(minutes: float, epochs: int = 20) -> Config:
     """SimCLR on images synthesised from the astronaut photograph (data.single_image); probes on digits."""
     return load_config(overrides={
         "method": "simclr",
-        "epochs": 12,
+        "epochs": epochs,
         "batch_size": 128,
         "max_minutes": minutes,
         "log_every": 10,
@@ -40,10 +40,10 @@ def demo_config(minutes: float) -> Config:
     })
 
 
-def run_demo(out: Path, force: bool = False, minutes: float = 5.0) -> dict[str, dict[str, dict[str, float]]]:
+def run_demo(out: Path, force: bool = False, minutes: float = 7.0, epochs: int = 20) -> dict[str, dict[str, dict[str, float]]]:
     """Pretrain, probe the trained and a random-init net on every layer (linear and kNN), write report.md + probes.png."""
     prepare_run_dir(out, resume=False, force=force)
-    cfg = demo_config(minutes)
+    cfg = demo_config(minutes, epochs)
     t0 = time.time()
     metrics = pretrain(cfg, out / "pretrain")
     train_minutes = (time.time() - t0) / 60
@@ -60,9 +60,10 @@ def run_demo(out: Path, force: bool = False, minutes: float = 5.0) -> dict[str, 
         results[name] = linear_probes(feats, cfg, device)
         knn[name] = layer_knn(feats, cfg, device)
     note = (f"SimCLR, backbone {cfg.model.backbone}, pretrained on one image ({DEMO_IMAGE}) for {metrics['epoch']} epochs "
-            f"of {cfg.data.samples_per_epoch} crops ({train_minutes:.1f} min, final loss {metrics['loss']:.3f}); "
+            f"of {cfg.data.samples_per_epoch} images synthesised from it ({train_minutes:.1f} min, final loss {metrics['loss']:.3f}); "
             f"linear probes trained on scikit-learn digits ({len(splits[0])} train / {len(splits[1])} test, upsampled to "
-            f"{cfg.eval.size} px). Each layer is average-pooled to about {cfg.eval.probe_dims} dimensions.")
+            f"{cfg.eval.size} px; one test image is {100 / len(splits[1]):.2f} points). Each layer is average-pooled to about "
+            f"{cfg.eval.probe_dims} dimensions.")
     extra = (f"Weighted kNN top-1 (%) per layer on the same pooled features (k={cfg.eval.knn_k}, T={cfg.eval.knn_t}, "
              f"cosine):\n\n{probe_table(knn)}\n\nDigits are nearly linearly separable from raw pixels, so a linear probe "
              "on a wide, lightly pooled layer scores about the same for any net that keeps the pixels' information; "
