@@ -191,3 +191,21 @@ def test_shared_cifar10_jpeg_copy(shared_cifar, shared_cache, monkeypatch):
     assert train.images.shape == (50000, 32, 32, 3) and test.images.shape == (10000, 32, 32, 3)
     assert train.classes[:3] == ["airplane", "automobile", "bird"]
     assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_download_flag_fetches_missing_dataset(tmp_path, monkeypatch):
+    """--download hands the official URL and checksum to torchvision's downloader, then reads what it wrote."""
+    import torchvision.datasets.utils as tvu
+
+    calls = []
+
+    def fake_download(url, root, md5=None, **kw):
+        calls.append((url, md5))
+        _cifar10_files(Path(root))
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_download)
+    arr = load_source("cifar10", "test", root=str(tmp_path / "data"), download=True)
+    assert len(arr) == 4
+    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")]
+    load_source("cifar10", "train", root=str(tmp_path / "data"), download=True)
+    assert len(calls) == 1  # present now: no second download
