@@ -76,6 +76,47 @@ def _probe_history(run: Path, model_name: str, accs: dict[str, float]) -> dict[s
     return results
 
 
+def _labels(args) -> None:
+    import csv
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from selfsup.data import load_source
+    from selfsup.distributed import pick_device
+    from selfsup.eval.cluster import cluster_metrics
+    from selfsup.methods.base import dataset_pass
+    from selfsup.train import load_backbone
+
+    device = pick_device(args.device)
+    method, cfg = load_backbone(args.run, device)
+    if not hasattr(method, "labels"):
+        raise SelfSupError(f"{args.run} is a {cfg.method} run, which makes no labels; use a sela or deepcluster run")
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
+    data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, False, cfg.data.size)
+    images = torch.from_numpy(np.array(data.images)).to(device)
+    labels = method.labels.view(-1, len(data)).cpu()  # (heads, N)
+    probs = F.softmax(dataset_pass(method.logits, images, cfg.model.input_size), dim=-1).cpu()  # (N, heads, K)
+    conf = probs.gather(2, labels.T[:, :, None]).squeeze(2)  # the model's probability of each sample's label
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        heads = range(labels.shape[0])
+        writer.writerow(["index", *[c for t in heads for c in (f"label_{t}", f"confidence_{t}")]]
+                        + (["true_label"] if data.labels is not None else []))
+        for i in range(len(data)):
+            row = [i, *[v for t in heads for v in (int(labels[t, i]), f"{float(conf[i, t]):.4f}")]]
+            writer.writerow(row + ([int(data.labels[i])] if data.labels is not None else []))
+    tmp.replace(out)
+    result = {"labels": str(out), "samples": len(data), "heads": labels.shape[0]}
+    if data.labels is not None:
+        result["head_0"] = {k: round(v, 4) for k, v in cluster_metrics(labels[0].numpy(), data.labels).items()}
+    print(json.dumps(result))
+
+
 def _export(args) -> None:
     from safetensors.torch import save_file
 
@@ -121,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--random-init", action="store_true", help="evaluate the run's architecture at its initialisation (a baseline)")
     ev.set_defaults(func=_eval)
+
+    lb = sub.add_parser("labels", help="write a sela/deepcluster run's self-labels (per head, with confidence) as CSV")
+    lb.add_argument("run")
+    lb.add_argument("--output", "-o", default="labels.csv")
+    lb.add_argument("--force", action="store_true")
+    lb.add_argument("--device", default="auto")
+    lb.set_defaults(func=_labels)
 
     ex = sub.add_parser("export", help="write the backbone as a safetensors state_dict (torchvision key names for ResNets)")
     ex.add_argument("run")

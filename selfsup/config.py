@@ -84,6 +84,29 @@ class SimCLRConfig:
 
 
 @dataclass
+class SeLaConfig:
+    """SeLa: heads, clusters, and the label-optimisation schedule."""
+
+    num_clusters: int = 128
+    num_heads: int = 10
+    lam: float = 10.0  # the paper uses 25 on ImageNet and 10 in its CIFAR code
+    label_steps: int = 20  # label optimisations spread over training, the first at epoch 0
+    spacing: str = "linear"  # linear | quadratic (more label steps early)
+    sinkhorn_iters: int = 1000
+    sinkhorn_tol: float = 1e-3
+
+
+@dataclass
+class DeepClusterConfig:
+    """DeepCluster: k-means on PCA-whitened, L2-normalised features every epoch."""
+
+    num_clusters: int = 100
+    pca_dim: int = 256
+    kmeans_iters: int = 20
+    backend: str = "auto"  # auto (faiss when installed, else torch) | faiss | torch
+
+
+@dataclass
 class Config:
     """One run."""
 
@@ -103,6 +126,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    sela: SeLaConfig = field(default_factory=SeLaConfig)
+    deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)
 
 
 def _coerce(value, tp, where: str):

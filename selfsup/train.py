@@ -27,7 +27,7 @@ from selfsup.data import load_source
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, run_knn
-from selfsup.methods import Batch, EpochContext, Method, build_method
+from selfsup.methods import LABELLING, Batch, EpochContext, Method, build_method
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -139,6 +139,9 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
     if cfg.augment.size != cfg.model.input_size:
         raise SelfSupError(f"augment.size ({cfg.augment.size}) must equal model.input_size ({cfg.model.input_size})")
+    if cfg.method in LABELLING and cfg.data.samples_per_epoch:
+        raise SelfSupError(f"{cfg.method} keeps one label per training image; it cannot train on synthesised or "
+                           "resampled images (unset data.samples_per_epoch)")
     prepare_run_dir(out, resume, force, create=info.is_main)
     if info.enabled:
         dist.barrier()
@@ -162,7 +165,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
                            "(e.g. 50000) to say how many synthesised images make an epoch")
 
     torch.manual_seed(cfg.seed)
-    method = build_method(cfg).to(device)
+    method = build_method(cfg, n_data).to(device)
     method.channels_last = channels_last
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -195,10 +198,13 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     last: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        _unwrap(model).on_epoch_start(EpochContext(epoch, images, device))
+        _unwrap(model).on_epoch_start(EpochContext(epoch, cfg.epochs, images, device, optimizer, cfg.seed))
         order_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-        order = (torch.randint(n_data, (per_epoch,), generator=order_gen) if cfg.data.samples_per_epoch
-                 else torch.randperm(n_data, generator=order_gen)).to(device)
+        order = _unwrap(model).epoch_order(per_epoch, order_gen)
+        if order is None:
+            order = (torch.randint(n_data, (per_epoch,), generator=order_gen) if cfg.data.samples_per_epoch
+                     else torch.randperm(n_data, generator=order_gen))
+        order = order.to(device)
         aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
         loss_sum = torch.zeros((), device=device)
         bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -284,8 +290,9 @@ def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu", rando
 
     ckpt = load_checkpoint(Path(run_dir))
     cfg = load_config(overrides=ckpt["config"])
+    labels = ckpt["method"].get("labels")
     torch.manual_seed(cfg.seed)  # as in pretrain, so random_init is the run's own starting point
-    method = build_method(cfg)
+    method = build_method(cfg, None if labels is None else labels.shape[-1])
     if not random_init:
         method.load_state_dict(ckpt["method"])
     return method.to(device).eval(), cfg

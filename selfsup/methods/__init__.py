@@ -5,20 +5,27 @@ from __future__ import annotations
 from selfsup.config import Config
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, EpochContext, Method
+from selfsup.methods.deepcluster import DeepCluster
+from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
 from selfsup.nets import build_backbone
 
-METHODS = {"simclr": SimCLR}
+METHODS = {"simclr": SimCLR, "sela": SeLa, "deepcluster": DeepCluster}
+LABELLING = ("sela", "deepcluster")  # methods that keep one label per training sample
 
 
-def build_method(cfg: Config) -> Method:
-    """The configured method around a freshly initialised backbone."""
+def build_method(cfg: Config, num_samples: int | None = None) -> Method:
+    """The configured method around a freshly initialised backbone; labelling methods need the dataset size."""
     if cfg.method not in METHODS:
         raise SelfSupError(f"unknown method {cfg.method!r}; available: {', '.join(METHODS)}")
     backbone = build_backbone(cfg.model.backbone, cfg.model.cifar_stem, cfg.model.input_size, cfg.model.bn)
     if cfg.method == "simclr":
         return SimCLR(backbone, cfg.augment, cfg.simclr)
-    raise AssertionError(cfg.method)
+    if num_samples is None:
+        raise AssertionError(f"{cfg.method} needs num_samples")
+    if cfg.method == "sela":
+        return SeLa(backbone, cfg.augment, cfg.sela, num_samples)
+    return DeepCluster(backbone, cfg.augment, cfg.deepcluster, num_samples)
 
 
-__all__ = ["Batch", "EpochContext", "Method", "METHODS", "build_method"]
+__all__ = ["Batch", "EpochContext", "Method", "METHODS", "LABELLING", "build_method"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from selfsup.augment import to_input
+from selfsup.distributed import all_gather_nograd, rank, world_size
 from selfsup.nets import Backbone
 
 
@@ -21,11 +24,40 @@ class Batch:
 
 @dataclass
 class EpochContext:
-    """What on_epoch_start hooks may use: the epoch, the full training data on the device, and the process layout."""
+    """What on_epoch_start hooks may use: the epoch, the full training data on the device, and the optimizer."""
 
     epoch: int
+    epochs: int
     images: torch.Tensor
     device: torch.device
+    optimizer: torch.optim.Optimizer | None = None
+    seed: int = 0
+
+
+def shard_range(n: int) -> tuple[int, int]:
+    """This rank's contiguous slice [start, stop) of n items (all of them without torch.distributed)."""
+    world, r = world_size(), rank()
+    per = -(-n // world)
+    return min(n, r * per), min(n, (r + 1) * per)
+
+
+def gather_shards(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Join every rank's shard (from shard_range) back into all n rows, on every rank."""
+    if world_size() == 1:
+        return x
+    per = -(-n // world_size())
+    padded = torch.zeros((per, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: len(x)] = x
+    return all_gather_nograd(padded)[:n]
+
+
+@torch.no_grad()
+def dataset_pass(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, size: int,
+                 batch_size: int = 1024) -> torch.Tensor:
+    """fn applied to this rank's shard of the un-augmented training images (centre view, normalised), in fp32."""
+    start, stop = shard_range(len(images))
+    outs = [fn(to_input(images[i:min(i + batch_size, stop)], size)).float() for i in range(start, stop, batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
 
 
 class Method(nn.Module):
@@ -41,3 +73,7 @@ class Method(nn.Module):
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         """Hook for methods that recompute targets over the dataset (clustering); nothing by default."""
+
+    def epoch_order(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Dataset indices for this epoch when the method samples its own way (e.g. uniformly over clusters)."""
+        return None

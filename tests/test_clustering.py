@@ -1,0 +1,119 @@
+"""SeLa and DeepCluster: label schedules, equal partitions, k-means, uniform cluster sampling, label export."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfsup.cli import main
+from selfsup.eval.cluster import cluster_metrics, hungarian_accuracy
+from selfsup.methods.deepcluster import kmeans, kmeans_torch, pca_whiten
+from selfsup.methods.sela import label_schedule
+from selfsup.ot import self_label, sinkhorn
+from selfsup.train import load_checkpoint, pretrain
+
+from test_train import tiny_config
+
+
+def _blobs(n_per=50, k=4, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=g) * 5
+    x = torch.cat([centres[c] + torch.randn(n_per, d, generator=g) * 0.3 for c in range(k)])
+    return x, torch.arange(k).repeat_interleave(n_per), centres
+
+
+def test_metrics_on_permuted_and_random_labels():
+    truth = np.repeat(np.arange(5), 20)
+    perm = np.array([3, 0, 4, 1, 2])[truth]
+    assert hungarian_accuracy(perm, truth) == 100.0
+    m = cluster_metrics(perm, truth)
+    assert m["nmi"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0)
+    noise = np.random.default_rng(0).integers(0, 5, 100)
+    assert cluster_metrics(noise, truth)["nmi"] < 0.2 and hungarian_accuracy(noise, truth) < 45
+
+
+def test_label_schedule_spacing():
+    assert label_schedule(100, 5) == [0, 20, 40, 60, 80]
+    quad = label_schedule(100, 5, "quadratic")
+    assert quad == [0, 4, 16, 36, 64] and len(label_schedule(3, 10)) == 3
+
+
+def test_sinkhorn_labels_recover_separable_clusters_and_never_collapse():
+    x, truth, centres = _blobs()
+    log_p = F.log_softmax(x @ centres.T / 10, dim=1)
+    labels = self_label(log_p, lam=10.0, tol=1e-3)
+    assert cluster_metrics(labels.numpy(), truth.numpy())["nmi"] > 0.99
+    # A model that puts every sample in cluster 0: its own argmax collapses, the transport plan cannot.
+    g = torch.Generator().manual_seed(0)
+    collapsed = torch.log_softmax(torch.tensor([[5.0, 0, 0, 0]]) + torch.randn(200, 4, generator=g), dim=1)
+    assert torch.bincount(collapsed.argmax(1), minlength=4).tolist() == [200, 0, 0, 0]
+    q = sinkhorn(collapsed, lam=10.0)
+    torch.testing.assert_close(q.sum(0), torch.full((4,), 0.25), atol=1e-5, rtol=0)
+    counts = torch.bincount(q.argmax(1), minlength=4)
+    assert counts.min() >= 35 and counts.max() <= 65, counts
+
+
+def test_kmeans_recovers_blobs_and_handles_empty_clusters():
+    x, truth, _ = _blobs(seed=1)
+    assign, centroids = kmeans_torch(x, 4, iters=30, seed=0)
+    assert cluster_metrics(assign.numpy(), truth.numpy())["nmi"] > 0.95
+    # Many identical points: some initial centroids coincide and their clusters empty out; every label stays valid.
+    dup = torch.cat([torch.zeros(60, 3), torch.ones(60, 3), torch.randn(4, 3) * 10])
+    assign, centroids = kmeans_torch(dup, 6, iters=10, seed=0)
+    assert assign.min() >= 0 and assign.max() < 6 and torch.isfinite(centroids).all()
+    assert len(torch.unique(assign)) >= 3
+    torch.testing.assert_close(kmeans(x, 4, 30, 0, backend="torch"), kmeans_torch(x, 4, 30, 0)[0])
+
+
+def test_pca_whitening_gives_unit_norm_decorrelated_features():
+    x = torch.randn(500, 20) @ torch.randn(20, 20)
+    w = pca_whiten(x, 8)
+    assert w.shape == (500, 8)
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(500), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("sela", {"sela": {"num_clusters": 10, "num_heads": 2, "label_steps": 2}}),
+    ("deepcluster", {"deepcluster": {"num_clusters": 10, "pca_dim": 32, "backend": "torch"}}),
+])
+def test_labelling_methods_train_resume_and_export(method, extra, tmp_path):
+    cfg = tiny_config(method=method, data={"samples_per_epoch": None}, epochs=2, **extra)
+    pretrain(tiny_config(method=method, data={"samples_per_epoch": None}, epochs=2, max_minutes=0.0, **extra),
+             tmp_path / "run", progress=False)
+    labels_after_1 = load_checkpoint(tmp_path / "run")["method"]["labels"]
+    last = pretrain(cfg, tmp_path / "run", resume=True, progress=False)
+    assert last["epoch"] == 2 and np.isfinite(last["loss"])
+    labels = load_checkpoint(tmp_path / "run")["method"]["labels"]
+    assert labels.shape == labels_after_1.shape
+    if method == "sela":
+        # Labels from the equal-partition plan: no head collapses, every cluster is in use.
+        counts = torch.stack([torch.bincount(h, minlength=10) for h in labels])
+        assert counts.min() > 0 and counts.max() < 3 * labels.shape[-1] / 10, counts
+    out = tmp_path / "labels.csv"
+    assert main(["labels", str(tmp_path / "run"), "-o", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == labels.shape[-1]
+    assert [int(r["label_0"]) for r in rows] == labels.view(-1, labels.shape[-1])[0].tolist()
+    assert all(0 <= float(r["confidence_0"]) <= 1 for r in rows)
+
+
+def test_deepcluster_samples_uniformly_over_clusters():
+    from selfsup.config import load_config
+    from selfsup.methods import build_method
+
+    cfg = load_config(overrides={"method": "deepcluster", "model": {"backbone": "exemplar_small"},
+                                 "deepcluster": {"num_clusters": 4}})
+    method = build_method(cfg, num_samples=1000)
+    method.labels.copy_(torch.tensor([0] * 700 + [1] * 200 + [2] * 100 + [3] * 0))  # cluster 3 is empty
+    order = method.epoch_order(20000, torch.Generator().manual_seed(0))
+    freq = torch.bincount(method.labels[order], minlength=4).float() / 20000
+    assert freq[3] == 0 and (freq[:3] - 1 / 3).abs().max() < 0.02
+
+
+def test_labelling_methods_refuse_synthesised_images(tmp_path):
+    from selfsup.errors import SelfSupError
+
+    with pytest.raises(SelfSupError, match="one label per training image"):
+        pretrain(tiny_config(method="sela"), tmp_path / "run", progress=False)
