@@ -30,6 +30,8 @@ def _pretrain(args) -> None:
             out = Path("runs") / Path(args.recipe).stem
     if args.download:
         cfg.data.download = True
+    if args.imbalance:
+        cfg.data.imbalance = args.imbalance
     metrics = pretrain(cfg, out, resume=args.resume, force=args.force)
     print(json.dumps({"run": str(out), **metrics}))
 
@@ -83,10 +85,11 @@ def _labels(args) -> None:
     import torch
     import torch.nn.functional as F
 
-    from selfsup.data import load_source
+    from selfsup.data import imbalanced, load_source
     from selfsup.distributed import pick_device
     from selfsup.eval.cluster import cluster_metrics
     from selfsup.methods.base import dataset_pass
+    from selfsup.report import cluster_grid
     from selfsup.train import load_backbone
 
     device = pick_device(args.device)
@@ -97,9 +100,12 @@ def _labels(args) -> None:
     if out.exists() and not args.force:
         raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
     data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, False, cfg.data.size)
+    if cfg.data.imbalance:
+        data = imbalanced(data, cfg.data.imbalance, cfg.seed)
     images = torch.from_numpy(np.array(data.images)).to(device)
     labels = method.labels.view(-1, len(data)).cpu()  # (heads, N)
     probs = F.softmax(dataset_pass(method.logits, images, cfg.model.input_size), dim=-1).cpu()  # (N, heads, K)
+    features = dataset_pass(method.backbone, images, cfg.model.input_size).cpu()
     conf = probs.gather(2, labels.T[:, :, None]).squeeze(2)  # the model's probability of each sample's label
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", newline="") as f:
@@ -111,10 +117,24 @@ def _labels(args) -> None:
             row = [i, *[v for t in heads for v in (int(labels[t, i]), f"{float(conf[i, t]):.4f}")]]
             writer.writerow(row + ([int(data.labels[i])] if data.labels is not None else []))
     tmp.replace(out)
-    result = {"labels": str(out), "samples": len(data), "heads": labels.shape[0]}
+    grid = cluster_grid(np.asarray(data.images), features, labels[0], out.with_name(out.stem + "_clusters.png"))
+    result = {"labels": str(out), "cluster_grid": str(grid), "samples": len(data), "heads": labels.shape[0]}
     if data.labels is not None:
         result["head_0"] = {k: round(v, 4) for k, v in cluster_metrics(labels[0].numpy(), data.labels).items()}
     print(json.dumps(result))
+
+
+def _transfer(args) -> None:
+    from selfsup.config import apply_overrides, load_config
+    from selfsup.train import load_checkpoint, pretrain
+
+    source = Path(args.source)
+    cfg = load_config(overrides=load_checkpoint(source)["config"])
+    cfg.method, cfg.data.labels_file, cfg.model.backbone = "supervised", str(args.labels), args.arch
+    apply_overrides(cfg, args.overrides)
+    out = Path(args.out) if args.out else source.parent / f"{source.name}-transfer-{args.arch}"
+    metrics = pretrain(cfg, out, force=args.force)
+    print(json.dumps({"run": str(out), **metrics}))
 
 
 def _export(args) -> None:
@@ -152,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     pt.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     pt.add_argument("--download", action="store_true", help="download the dataset if it is missing")
+    pt.add_argument("--imbalance", choices=["light", "heavy"], help="train on an imbalanced subset of a labelled source "
+                    "(class c keeps 100%% falling linearly to 50%% or 10%% for the last class); evaluation stays balanced")
     pt.set_defaults(func=_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a run's frozen backbone")
@@ -170,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--device", default="auto")
     lb.set_defaults(func=_labels)
 
+    tr = sub.add_parser("transfer", help="train a fresh network of another architecture on exported self-labels alone")
+    tr.add_argument("labels", help="CSV written by `selfsup labels`")
+    tr.add_argument("--arch", required=True, help="backbone of the new network, e.g. resnet18 or alexnet_small")
+    tr.add_argument("--from", dest="source", required=True, help="the run that made the labels (its data, augmentation, schedule are reused)")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=20")
+    tr.add_argument("--out", "-o")
+    tr.add_argument("--force", action="store_true")
+    tr.set_defaults(func=_transfer)
+
     ex = sub.add_parser("export", help="write the backbone as a safetensors state_dict (torchvision key names for ResNets)")
     ex.add_argument("run")
     ex.add_argument("--output", "-o")
@@ -187,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow the options too (argparse stops collecting positionals at the first option).
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except SelfSupError as e:

@@ -24,6 +24,8 @@ class DataConfig:
     size: int | None = None  # resize (shorter side + centre crop) while decoding; None keeps the source size
     samples_per_epoch: int | None = None  # draw this many indices with replacement per epoch (e.g. one image)
     download: bool = False
+    labels_file: str | None = None  # method supervised: a CSV from `selfsup labels` instead of the source's labels
+    imbalance: str | None = None  # light | heavy: keep 100% of class 0 down to 50% / 10% of the last class
     # Fewer source images than a batch (e.g. one photograph): every batch is made of new images synthesised
     # from them by `single_image` augmentation, and the method draws its own views from those.
     synthesize: bool | None = None  # None: on when the source holds fewer images than batch_size

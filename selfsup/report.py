@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,4 +48,26 @@ def write_probe_report(run_dir: Path, results: dict[str, dict[str, float]], titl
         text += "\n" + extra + "\n"
     path = run_dir / "report.md"
     path.write_text(text)
+    return path
+
+
+def cluster_grid(images: np.ndarray, features: torch.Tensor, labels: torch.Tensor, path: Path,
+                 max_clusters: int = 16, per_cluster: int = 10, scale: int = 2) -> Path:
+    """PNG grid: one row per cluster (largest first), its images closest to the cluster's mean feature."""
+    feats = F.normalize(features.float(), dim=1)
+    sizes = torch.bincount(labels, minlength=int(labels.max()) + 1)
+    rows = []
+    h, w = images.shape[1:3]
+    for c in torch.argsort(sizes, descending=True)[:max_clusters].tolist():
+        if sizes[c] == 0:
+            break
+        members = torch.nonzero(labels == c).flatten()
+        centre = F.normalize(feats[members].mean(0), dim=0)
+        best = members[torch.argsort(feats[members] @ centre, descending=True)[:per_cluster]]
+        row = np.zeros((h, w * per_cluster, 3), dtype=np.uint8)
+        for j, i in enumerate(best.tolist()):
+            row[:, j * w:(j + 1) * w] = images[i]
+        rows.append(row)
+    grid = np.concatenate(rows) if rows else np.zeros((h, w, 3), np.uint8)
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
     return path

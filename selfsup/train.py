@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from selfsup.augment import synthesize
 from selfsup.config import Config, config_to_dict, save_config
-from selfsup.data import load_source
+from selfsup.data import imbalanced, load_source
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, run_knn
 from selfsup.methods import LABELLING, Batch, EpochContext, Method, build_method
+from selfsup.methods.supervised import read_labels_csv
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -127,6 +128,15 @@ def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 9_973 + rank * 7_919) % (2**63)
 
 
+def _targets(cfg: Config, data) -> torch.Tensor:
+    """What `supervised` learns: an exported labels file (label transfer), else the source's own labels."""
+    if cfg.data.labels_file:
+        return read_labels_csv(cfg.data.labels_file, len(data))
+    if data.labels is None:
+        raise SelfSupError(f"method supervised needs labels: {cfg.data.source} has none; set data.labels_file=labels.csv")
+    return torch.from_numpy(np.asarray(data.labels))[None]
+
+
 def _unwrap(model: torch.nn.Module) -> Method:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
@@ -153,6 +163,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     channels_last = cfg.channels_last in ("auto", "true")  # measured faster for every backbone on CPU too
 
     data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, cfg.data.download, cfg.data.size)
+    if cfg.data.imbalance:
+        data = imbalanced(data, cfg.data.imbalance, cfg.seed)
     images = torch.from_numpy(np.array(data.images)).to(device)  # read the memory map into (device) memory once
     n_data = len(data)
     per_epoch = cfg.data.samples_per_epoch or n_data
@@ -165,7 +177,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
                            "(e.g. 50000) to say how many synthesised images make an epoch")
 
     torch.manual_seed(cfg.seed)
-    method = build_method(cfg, n_data).to(device)
+    method = build_method(cfg, n_data, _targets(cfg, data) if cfg.method == "supervised" else None).to(device)
     method.channels_last = channels_last
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -292,7 +304,7 @@ def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu", rando
     cfg = load_config(overrides=ckpt["config"])
     labels = ckpt["method"].get("labels")
     torch.manual_seed(cfg.seed)  # as in pretrain, so random_init is the run's own starting point
-    method = build_method(cfg, None if labels is None else labels.shape[-1])
+    method = build_method(cfg, None if labels is None else labels.shape[-1], labels)
     if not random_init:
         method.load_state_dict(ckpt["method"])
     return method.to(device).eval(), cfg

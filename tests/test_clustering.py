@@ -117,3 +117,50 @@ def test_labelling_methods_refuse_synthesised_images(tmp_path):
 
     with pytest.raises(SelfSupError, match="one label per training image"):
         pretrain(tiny_config(method="sela"), tmp_path / "run", progress=False)
+
+
+def test_imbalance_keeps_the_documented_fraction_per_class():
+    from selfsup.data import imbalanced, load_source
+
+    full = load_source("digits", "train")
+    counts = np.bincount(full.labels)
+    for level, f_min in (("light", 0.5), ("heavy", 0.1)):
+        sub = imbalanced(full, level)
+        kept = np.bincount(sub.labels, minlength=10)
+        expect = np.round(counts * (1 - (1 - f_min) * np.arange(10) / 9)).astype(int)
+        assert kept.tolist() == expect.tolist()
+        assert len(sub.images) == kept.sum()
+
+
+def test_labels_export_transfer_round_trip_and_cluster_grid(tmp_path):
+    extra = {"sela": {"num_clusters": 10, "num_heads": 2, "label_steps": 1}}
+    pretrain(tiny_config(method="sela", data={"samples_per_epoch": None}, epochs=1, **extra), tmp_path / "sela", progress=False)
+    csv_path = tmp_path / "labels.csv"
+    assert main(["labels", str(tmp_path / "sela"), "-o", str(csv_path)]) == 0
+    assert (tmp_path / "labels_clusters.png").stat().st_size > 500
+    # A different architecture trained from the exported labels alone keeps exactly those labels as its targets.
+    assert main(["transfer", str(csv_path), "--arch", "alexnet_small", "--from", str(tmp_path / "sela"),
+                 "--out", str(tmp_path / "moved"), "epochs=1"]) == 0
+    moved = load_checkpoint(tmp_path / "moved")
+    assert moved["config"]["model"]["backbone"] == "alexnet_small" and moved["config"]["method"] == "supervised"
+    exported = torch.tensor([[int(r[f"label_{t}"]) for r in csv.DictReader(csv_path.open())] for t in range(2)])
+    assert torch.equal(moved["method"]["labels"], exported)
+    assert torch.equal(exported, load_checkpoint(tmp_path / "sela")["method"]["labels"])
+
+
+def test_bad_labels_file_is_one_line(tmp_path):
+    from selfsup.errors import SelfSupError
+    from selfsup.methods.supervised import read_labels_csv
+
+    with pytest.raises(SelfSupError, match="does not exist"):
+        read_labels_csv(tmp_path / "none.csv", 3)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("index,label_0\n0,1\n1,2\n")
+    with pytest.raises(SelfSupError, match="labels 2 samples but the training data has 3"):
+        read_labels_csv(bad, 3)
+
+
+def test_supervised_baseline_on_true_labels(tmp_path):
+    last = pretrain(tiny_config(method="supervised", data={"samples_per_epoch": None}, epochs=2), tmp_path / "sup",
+                    progress=False)
+    assert last["knn_top1"] > 50  # digits with their own labels: far above chance (10%)

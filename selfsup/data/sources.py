@@ -63,6 +63,31 @@ def load_source(spec: str, split: str = "train", root: str | None = None, downlo
     return SOURCES[kind](arg=arg, split=split, root=data_root, download=download, size=size)
 
 
+IMBALANCE_MIN_FRACTION = {"light": 0.5, "heavy": 0.1}
+
+
+def imbalanced(arr: ImageArray, level: str, seed: int = 0) -> ImageArray:
+    """Keep a fraction of each class falling linearly from 100% (class 0) to 50% (light) or 10% (heavy) (last class).
+
+    Class c of C keeps round(n_c * (1 - (1 - f_min) * c / (C - 1))) images, chosen by a seeded permutation,
+    in their original order.
+    """
+    if level not in IMBALANCE_MIN_FRACTION:
+        raise SelfSupError(f"imbalance must be light or heavy, got {level!r}")
+    if arr.labels is None or (arr.labels < 0).any():
+        raise SelfSupError(f"imbalance needs a fully labelled source; {arr.name} has images without labels")
+    f_min = IMBALANCE_MIN_FRACTION[level]
+    classes = int(arr.labels.max()) + 1
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(classes):
+        idx = np.flatnonzero(arr.labels == c)
+        fraction = 1.0 - (1.0 - f_min) * c / max(1, classes - 1)
+        keep.append(rng.permutation(idx)[: round(len(idx) * fraction)])
+    keep = np.sort(np.concatenate(keep))
+    return ImageArray(f"{arr.name}[{level} imbalance]", np.asarray(arr.images[keep]), arr.labels[keep], arr.classes)
+
+
 # --------------------------------------------------------------------------- official formats
 
 _DOWNLOADS = {
