@@ -1,4 +1,4 @@
-"""`selfsup` command line: pretrain, eval knn|linear, export, demo."""
+"""`selfsup` command line: pretrain, eval knn|linear, labels, transfer, export, demo."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def _pretrain(args) -> None:
     from selfsup.train import pretrain
 
     out = Path(args.out) if args.out else None
+    if args.recipe and "=" in args.recipe and not Path(args.recipe).is_file():
+        args.overrides, args.recipe = [args.recipe, *args.overrides], None  # `--resume --out R key=value`
     if args.resume:
         if out is None:
             raise SelfSupError("--resume needs --out RUN_DIR (the run to continue)")

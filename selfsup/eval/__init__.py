@@ -22,9 +22,11 @@ def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageAr
         if required:
             raise SelfSupError(f"{source} has no labels to evaluate on; set eval.source (e.g. eval.source=digits)")
         return None
+    # Evaluating on the training source: decode it at the same size as for training unless told otherwise.
+    size = cfg.eval.size if cfg.eval.source else (cfg.eval.size or cfg.data.size)
     try:
-        train = load_source(source, cfg.eval.train_split, cfg.eval.root or cfg.data.root, cfg.data.download, cfg.eval.size)
-        test = load_source(source, cfg.eval.test_split, cfg.eval.root or cfg.data.root, cfg.data.download, cfg.eval.size)
+        train = load_source(source, cfg.eval.train_split, cfg.eval.root or cfg.data.root, cfg.data.download, size)
+        test = load_source(source, cfg.eval.test_split, cfg.eval.root or cfg.data.root, cfg.data.download, size)
     except SelfSupError:
         if required:
             raise
