@@ -32,6 +32,9 @@ def test_metrics_on_permuted_and_random_labels():
     assert m["nmi"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0)
     noise = np.random.default_rng(0).integers(0, 5, 100)
     assert cluster_metrics(noise, truth)["nmi"] < 0.2 and hungarian_accuracy(noise, truth) < 45
+    # Splitting every class into two clusters: one-to-one matching finds half, majority mapping all.
+    split = truth * 2 + np.arange(100) % 2
+    assert hungarian_accuracy(split, truth) == 50.0 and cluster_metrics(split, truth)["purity"] == 100.0
 
 
 def test_label_schedule_spacing():
