@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from selfsup.augment import to_input
+from selfsup.augment import AugmentConfig, augment, to_input
 from selfsup.distributed import all_gather_nograd, rank, world_size
 from selfsup.nets import Backbone
 
@@ -65,8 +65,16 @@ class Method(nn.Module):
 
     backbone: Backbone
 
+    channels_last: bool = False  # set by the training loop when the model runs in channels_last
+
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def view(self, batch: Batch, aug: AugmentConfig) -> torch.Tensor:
+        """One augmented view of the batch, made in fp32 even under autocast (colour maps need it)."""
+        with torch.autocast(batch.images.device.type, enabled=False):
+            x = augment(batch.images, aug, batch.generator)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.training_step(batch)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.augment import AugmentConfig, augment
+from selfsup.augment import AugmentConfig
 from selfsup.config import DeepClusterConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, EpochContext, Method, dataset_pass, gather_shards
@@ -84,7 +84,6 @@ def kmeans(x: torch.Tensor, k: int, iters: int, seed: int, backend: str = "auto"
 class DeepCluster(Method):
     """Backbone + a linear classifier over the current k-means clusters."""
 
-    channels_last: bool = False
 
     def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: DeepClusterConfig, num_samples: int):
         super().__init__()
@@ -131,10 +130,7 @@ class DeepCluster(Method):
         return self.classifier(self.backbone(x))[:, None]
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.autocast(batch.images.device.type, enabled=False):
-            x = augment(batch.images, self.aug, batch.generator)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.view(batch, self.aug)
         logits = self.classifier(self.backbone(x)).float()
         return {"loss": F.cross_entropy(logits, self.labels[batch.index])}
 

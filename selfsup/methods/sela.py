@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.augment import AugmentConfig, augment
+from selfsup.augment import AugmentConfig
 from selfsup.config import SeLaConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, EpochContext, Method, dataset_pass, gather_shards
@@ -43,7 +43,6 @@ def label_schedule(epochs: int, steps: int, spacing: str = "linear") -> list[int
 class SeLa(Method):
     """Backbone + T linear heads of K clusters, trained on labels from Sinkhorn-Knopp."""
 
-    channels_last: bool = False
 
     def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: SeLaConfig, num_samples: int):
         super().__init__()
@@ -79,10 +78,7 @@ class SeLa(Method):
             self.relabel(ctx.images)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.autocast(batch.images.device.type, enabled=False):
-            x = augment(batch.images, self.aug, batch.generator)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.view(batch, self.aug)
         logits = self.logits(x).float()
         targets = self.labels[:, batch.index]  # (T, B)
         loss = torch.stack([F.cross_entropy(logits[:, t], targets[t]) for t in range(self.cfg.num_heads)]).mean()

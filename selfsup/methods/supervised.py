@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.augment import AugmentConfig, augment
+from selfsup.augment import AugmentConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, Method
 from selfsup.nets import Backbone
@@ -35,7 +35,6 @@ def read_labels_csv(path: str | Path, num_samples: int) -> torch.Tensor:
 class Supervised(Method):
     """Backbone + one linear head per label set, trained with the mean cross-entropy (label -1 is ignored)."""
 
-    channels_last: bool = False
 
     def __init__(self, backbone: Backbone, aug: AugmentConfig, targets: torch.Tensor):
         super().__init__()
@@ -52,10 +51,7 @@ class Supervised(Method):
         return self.heads(self.backbone(x)).view(x.shape[0], self.num_heads, self.num_classes)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.autocast(batch.images.device.type, enabled=False):
-            x = augment(batch.images, self.aug, batch.generator)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.view(batch, self.aug)
         logits = self.logits(x).float()
         targets = self.labels[:, batch.index]
         loss = torch.stack([F.cross_entropy(logits[:, t], targets[t], ignore_index=-1) for t in range(self.num_heads)]).mean()
