@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from selfsup.augment import AugmentConfig, augment
+from selfsup.augment import AugmentConfig
 from selfsup.config import SimCLRConfig
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Batch, Method
@@ -20,8 +20,6 @@ def projection_head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
 class SimCLR(Method):
     """Contrast two views of each image against every other view in the (global) batch."""
 
-    channels_last: bool = False  # set by the training loop when the model runs in channels_last
-
     def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: SimCLRConfig):
         super().__init__()
         self.backbone = backbone
@@ -30,11 +28,8 @@ class SimCLR(Method):
         self.temperature = cfg.temperature
 
     def views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two independently augmented views of every image (in fp32 even under autocast: colour maps need it)."""
-        with torch.autocast(batch.images.device.type, enabled=False):
-            v1 = augment(batch.images, self.aug, batch.generator)
-            v2 = augment(batch.images, self.aug, batch.generator)
-        return v1, v2
+        """Two independently augmented views of every image."""
+        return self.view(batch, self.aug), self.view(batch, self.aug)
 
     def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both views through backbone and head in one pass (batch-norm sees both)."""
@@ -43,7 +38,5 @@ class SimCLR(Method):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         x1, x2 = self.views(batch)
-        if self.channels_last:
-            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         z1, z2 = self.embed(x1, x2)
         return {"loss": nt_xent(z1, z2, self.temperature)}
