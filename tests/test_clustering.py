@@ -70,6 +70,21 @@ def test_kmeans_recovers_blobs_and_handles_empty_clusters():
     torch.testing.assert_close(kmeans(x, 4, 30, 0, backend="torch"), kmeans_torch(x, 4, 30, 0)[0])
 
 
+def test_faiss_kmeans_agrees_with_the_torch_kmeans():
+    pytest.importorskip("faiss")
+    # Two blobs, so that no initialisation can trap Lloyd's iterations in a local minimum for either backend.
+    x, truth, _ = _blobs(k=2, seed=2)
+    for seed in range(3):
+        by_faiss = kmeans(x, 2, 30, seed, backend="faiss")
+        assert by_faiss.dtype == torch.long and by_faiss.shape == (len(x),)
+        assert cluster_metrics(by_faiss.numpy(), truth.numpy())["nmi"] == pytest.approx(1.0)
+        assert cluster_metrics(by_faiss.numpy(), kmeans(x, 2, 30, seed, backend="torch").numpy())["nmi"] == pytest.approx(1.0)
+        assert torch.equal(kmeans(x, 2, 30, seed, backend="auto"), by_faiss)  # auto prefers faiss when installed
+    dup = torch.cat([torch.zeros(60, 3), torch.ones(60, 3), torch.randn(4, 3) * 10])
+    assign = kmeans(dup, 6, 10, 0, backend="faiss")
+    assert assign.min() >= 0 and assign.max() < 6
+
+
 def test_pca_whitening_gives_unit_norm_decorrelated_features():
     x = torch.randn(500, 20) @ torch.randn(20, 20)
     w = pca_whiten(x, 8)

@@ -155,6 +155,18 @@ def test_matches_pot():
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-10, rtol=1e-8)
 
 
+def test_adding_a_constant_per_sample_leaves_the_plan_unchanged():
+    # Row scaling absorbs exp(lam * c_i): the plan depends on log_p only up to a per-sample shift, so
+    # unnormalised scores (logits) and log-probabilities give the same labels.
+    log_p = _log_p(200, 12, seed=16, scale=2.0).double()  # fp64 so that log_p + shift is not rounded itself
+    shift = 50.0 * torch.randn(200, 1, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    for lam in (1.0, 25.0, 100.0):
+        exact = sinkhorn(log_p, lam, tol=1e-12, max_iter=100_000, dtype=torch.float64)
+        torch.testing.assert_close(sinkhorn(log_p + shift, lam, tol=1e-12, max_iter=100_000, dtype=torch.float64), exact, atol=1e-12, rtol=1e-8)
+        if lam <= 25:  # in fp32 (where lam=100 stalls near 1e-5 either way) a logit-sized shift costs only rounding
+            assert _l1(sinkhorn((log_p + shift / 10).float(), lam), exact) < 1e-5
+
+
 def test_inputs_are_left_alone_and_the_plan_is_detached():
     log_p = _log_p(30, 4, seed=14).requires_grad_()
     before = log_p.detach().clone()
