@@ -1,4 +1,4 @@
-"""`selfsup` command line: pretrain, eval knn|linear, labels, transfer, export, demo."""
+"""`selfsup` command line: pretrain, eval knn|linear|quadrant, labels, transfer, export, demo."""
 
 from __future__ import annotations
 
@@ -55,6 +55,15 @@ def _eval(args) -> None:
     if args.protocol == "knn":
         top1 = run_knn(method.backbone, cfg, device, splits)
         result = {"model": model_name, "knn_top1": round(top1, 2), "k": cfg.eval.knn_k, "t": cfg.eval.knn_t}
+    elif args.protocol == "quadrant":
+        from selfsup.data.sources import stl10_folds
+        from selfsup.eval.quadrant import run_quadrant
+
+        source = cfg.eval.source or cfg.data.source
+        # STL-10's protocol: one classifier per predefined 1,000-image training fold.
+        folds = stl10_folds(cfg.eval.root or cfg.data.root) if source == "stl10" and cfg.eval.train_split == "train" else None
+        result = {"model": model_name, **run_quadrant(method.backbone, *splits, device, args.size, args.classifier, folds,
+                                                      probe_epochs=cfg.eval.probe_epochs, seed=cfg.seed)}
     else:
         layers = None if args.layers == "all" else [s.strip() for s in args.layers.split(",")]
         torch.manual_seed(cfg.seed)
@@ -179,10 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a run's frozen backbone")
-    ev.add_argument("protocol", choices=["knn", "linear"])
+    ev.add_argument("protocol", choices=["knn", "linear", "quadrant"],
+                    help="quadrant: Exemplar-CNN's protocol (conv maps max-pooled over 4 quadrants, linear SVM)")
     ev.add_argument("run", help="run directory")
     ev.add_argument("overrides", nargs="*", help="key=value overrides of the eval section, e.g. eval.knn_k=20")
     ev.add_argument("--layers", default="all", help="taps to probe: all, or a comma list such as conv1,conv2")
+    ev.add_argument("--size", type=int, default=64, help="quadrant: image size the net sees (the paper upsamples CIFAR to 64)")
+    ev.add_argument("--classifier", choices=["svm", "probe"], default="svm", help="quadrant: linear SVM or the linear probe")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--random-init", action="store_true", help="evaluate the run's architecture at its initialisation (a baseline)")
     ev.set_defaults(func=_eval)

@@ -12,6 +12,7 @@ import yaml
 
 from selfsup.augment import AugmentConfig, single_image_recipe
 from selfsup.errors import SelfSupError
+from selfsup.exemplar import ExemplarTransformConfig
 
 
 @dataclass
@@ -40,14 +41,18 @@ class ModelConfig:
     cifar_stem: bool = True
     input_size: int = 32
     bn: bool = True
+    dropout: float = 0.0  # on the fully connected layer of the Exemplar-CNN nets
 
 
 @dataclass
 class OptimConfig:
-    """Optimizer and schedule: linear warm-up, then cosine to min_lr. lr is used as given (no batch scaling)."""
+    """Optimizer and schedule: linear warm-up, then cosine to min_lr or steps. lr is used as given (no batch scaling)."""
 
     name: str = "sgd"  # sgd | lars
     lr: float = 0.06
+    schedule: str = "cosine"  # cosine | step (lr times gamma at each of step_epochs)
+    step_epochs: list[float] = field(default_factory=list)
+    gamma: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 10.0
@@ -109,6 +114,27 @@ class DeepClusterConfig:
 
 
 @dataclass
+class ExemplarConfig:
+    """Exemplar-CNN: seed patches as surrogate classes, and the transformations (shared by method instance)."""
+
+    num_seeds: int = 8000  # surrogate classes; the paper goes up to 32,000
+    patch: int = 32
+    image_size: int | None = None  # sources are resized to this before seeds are cut; None: 64, or larger sources as they are
+    samples_per_class: int = 100  # transformed copies of every seed per epoch
+    transform: ExemplarTransformConfig = field(default_factory=ExemplarTransformConfig)
+
+
+@dataclass
+class InstanceConfig:
+    """Instance discrimination: every training image its own class, scored against a memory bank."""
+
+    dim: int = 128  # width of the normalised embedding kept per image
+    negatives: int = 4096  # bank entries drawn per step for the sampled softmax
+    temperature: float = 0.07
+    momentum: float = 0.5  # bank entry <- normalise(momentum * entry + (1 - momentum) * new embedding)
+
+
+@dataclass
 class Config:
     """One run."""
 
@@ -130,6 +156,8 @@ class Config:
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     sela: SeLaConfig = field(default_factory=SeLaConfig)
     deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)
+    exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
 
 
 def _coerce(value, tp, where: str):
@@ -147,6 +175,10 @@ def _coerce(value, tp, where: str):
             except SelfSupError:
                 continue
         raise SelfSupError(f"{where}: {value!r} is not a valid {tp}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise SelfSupError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], where) for v in value]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(tp)):
             raise SelfSupError(f"{where}: expected a list of {len(typing.get_args(tp))} numbers, got {value!r}")

@@ -23,14 +23,16 @@ from tqdm import tqdm
 
 from selfsup.augment import synthesize
 from selfsup.config import Config, config_to_dict, save_config
-from selfsup.data import imbalanced, load_source
+from selfsup.data import ImageArray, imbalanced, load_source
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, run_knn
-from selfsup.methods import LABELLING, Batch, EpochContext, Method, build_method
+from selfsup.exemplar import load_seeds, sample_seeds, save_seeds
+from selfsup.methods import LABELLING, METHODS, Batch, EpochContext, Method, build_method
 from selfsup.methods.supervised import read_labels_csv
 
 CHECKPOINT = "checkpoint.pt"
+SEEDS = "seeds.npz"  # exemplar runs: the seed patches, sampled once and reused on --resume
 
 
 class LARS(torch.optim.Optimizer):
@@ -79,10 +81,14 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     raise SelfSupError(f"unknown optimizer {o.name!r}; use sgd or lars")
 
 
-def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0) -> float:
-    """Linear warm-up over `warmup` steps, then cosine from base to min_lr at `total`."""
+def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0,
+          milestones: list[int] | None = None, gamma: float = 0.1) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from base to min_lr at `total`, or, given milestones
+    (steps), base times gamma for every milestone passed."""
     if warmup > 0 and step < warmup:
         return base * (step + 1) / warmup
+    if milestones is not None:
+        return base * gamma ** sum(step >= m for m in milestones)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -137,6 +143,19 @@ def _targets(cfg: Config, data) -> torch.Tensor:
     return torch.from_numpy(np.asarray(data.labels))[None]
 
 
+def seed_data(data: ImageArray, cfg: Config, path: Path, resume: bool, save: bool) -> ImageArray:
+    """Exemplar-CNN's training images: the context windows of the run's seed patches (sampled, or read on resume)."""
+    e = cfg.exemplar
+    if resume:
+        seeds = load_seeds(path)
+    else:
+        size = e.image_size or max(64, *data.images.shape[1:3])  # CIFAR is upsampled to 64; STL-10 stays at 96
+        seeds = sample_seeds(data.images, e.num_seeds, e.patch, size, cfg.seed)
+        if save:
+            save_seeds(seeds, path)
+    return ImageArray(f"{data.name}-seeds", seeds.context, None, [])
+
+
 def _unwrap(model: torch.nn.Module) -> Method:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
@@ -147,7 +166,9 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     info = init_distributed(cfg.device)
     if cfg.batch_size % info.world_size:
         raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
-    if cfg.augment.size != cfg.model.input_size:
+    if cfg.method == "exemplar" and cfg.exemplar.patch != cfg.model.input_size:
+        raise SelfSupError(f"exemplar.patch ({cfg.exemplar.patch}) must equal model.input_size ({cfg.model.input_size})")
+    if cfg.method not in ("exemplar", "instance") and cfg.augment.size != cfg.model.input_size:
         raise SelfSupError(f"augment.size ({cfg.augment.size}) must equal model.input_size ({cfg.model.input_size})")
     if cfg.method in LABELLING and cfg.data.samples_per_epoch:
         raise SelfSupError(f"{cfg.method} keeps one label per training image; it cannot train on synthesised or "
@@ -165,19 +186,23 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, cfg.data.download, cfg.data.size)
     if cfg.data.imbalance:
         data = imbalanced(data, cfg.data.imbalance, cfg.seed)
+    synth = cfg.data.synthesize if cfg.data.synthesize is not None else len(data) < cfg.batch_size
+    if synth and not cfg.data.samples_per_epoch:
+        raise SelfSupError(f"{cfg.data.source} holds {len(data)} image(s), fewer than a batch; set data.samples_per_epoch "
+                           "(e.g. 50000) to say how many synthesised images make an epoch")
+    if cfg.method == "exemplar":  # the seed patches (with their context) become the training images, one class each
+        data = seed_data(data, cfg, out / SEEDS, resume, info.is_main)
     images = torch.from_numpy(np.array(data.images)).to(device)  # read the memory map into (device) memory once
     n_data = len(data)
-    per_epoch = cfg.data.samples_per_epoch or n_data
-    steps_per_epoch = per_epoch // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or set data.samples_per_epoch")
-    synth = cfg.data.synthesize if cfg.data.synthesize is not None else n_data < cfg.batch_size
-    if synth and not cfg.data.samples_per_epoch:
-        raise SelfSupError(f"{cfg.data.source} holds {n_data} image(s), fewer than a batch; set data.samples_per_epoch "
-                           "(e.g. 50000) to say how many synthesised images make an epoch")
 
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, n_data, _targets(cfg, data) if cfg.method == "supervised" else None).to(device)
+    per_epoch = cfg.data.samples_per_epoch or n_data * method.passes_per_epoch
+    steps_per_epoch = per_epoch // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or set data.samples_per_epoch")
+    if not resume:
+        method.on_train_start(images)
     method.channels_last = channels_last
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -192,7 +217,10 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         method.backbone = torch.compile(method.backbone)
     model: torch.nn.Module = method
     if info.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if cuda else None)
+        # No buffer broadcast: per-sample buffers (labels, memory bank) are kept equal on every rank by the methods
+        # themselves, and sending them from rank 0 on every step would cost a bank-sized copy per step.
+        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if cuda else None,
+                                                          broadcast_buffers=False)
 
     writer = None
     if info.is_main:
@@ -205,6 +233,9 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
 
     total_steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    if cfg.optim.schedule not in ("cosine", "step"):
+        raise SelfSupError(f"optim.schedule must be cosine or step, got {cfg.optim.schedule!r}")
+    milestones = [round(e * steps_per_epoch) for e in cfg.optim.step_epochs] if cfg.optim.schedule == "step" else None
     local_bs = cfg.batch_size // info.world_size
     t_start = time.time()
     last: dict = {}
@@ -215,7 +246,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         order = _unwrap(model).epoch_order(per_epoch, order_gen)
         if order is None:
             order = (torch.randint(n_data, (per_epoch,), generator=order_gen) if cfg.data.samples_per_epoch
-                     else torch.randperm(n_data, generator=order_gen))
+                     else torch.cat([torch.randperm(n_data, generator=order_gen) for _ in range(per_epoch // n_data)]))
         order = order.to(device)
         aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
         loss_sum = torch.zeros((), device=device)
@@ -225,7 +256,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
                    leave=False, dynamic_ncols=True)
         for step in range(steps_per_epoch):
             gstep = epoch * steps_per_epoch + step
-            lr = lr_at(gstep, total_steps, warmup, cfg.optim.lr, cfg.optim.min_lr)
+            lr = lr_at(gstep, total_steps, warmup, cfg.optim.lr, cfg.optim.min_lr, milestones, cfg.optim.gamma)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             start = step * cfg.batch_size + info.rank * local_bs
@@ -302,9 +333,9 @@ def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu", rando
 
     ckpt = load_checkpoint(Path(run_dir))
     cfg = load_config(overrides=ckpt["config"])
-    labels = ckpt["method"].get("labels")
+    state = ckpt["method"]
     torch.manual_seed(cfg.seed)  # as in pretrain, so random_init is the run's own starting point
-    method = build_method(cfg, None if labels is None else labels.shape[-1], labels)
+    method = build_method(cfg, METHODS[cfg.method].num_samples_in(state), state.get("labels"))
     if not random_init:
         method.load_state_dict(ckpt["method"])
     return method.to(device).eval(), cfg

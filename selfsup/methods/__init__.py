@@ -8,23 +8,27 @@ from selfsup.config import Config
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, EpochContext, Method
 from selfsup.methods.deepcluster import DeepCluster
+from selfsup.methods.exemplar import Exemplar, InstanceDiscrimination
 from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.supervised import Supervised
 from selfsup.nets import build_backbone
 
-METHODS = {"simclr": SimCLR, "sela": SeLa, "deepcluster": DeepCluster, "supervised": Supervised}
-LABELLING = ("sela", "deepcluster", "supervised")  # methods that keep one label per training sample
+METHODS = {"simclr": SimCLR, "sela": SeLa, "deepcluster": DeepCluster, "supervised": Supervised, "exemplar": Exemplar,
+           "instance": InstanceDiscrimination}
+# Methods that keep something per training sample (a label, a class, a bank entry), so the samples must be fixed.
+LABELLING = ("sela", "deepcluster", "supervised", "exemplar", "instance")
 
 
 def build_method(cfg: Config, num_samples: int | None = None, targets: torch.Tensor | None = None) -> Method:
     """The configured method around a freshly initialised backbone.
 
-    Labelling methods need the dataset size; `supervised` needs its (heads, N) targets.
+    Labelling methods need the dataset size (for exemplar: the number of seeds); `supervised` needs its (heads, N) targets.
     """
     if cfg.method not in METHODS:
         raise SelfSupError(f"unknown method {cfg.method!r}; available: {', '.join(METHODS)}")
-    backbone = build_backbone(cfg.model.backbone, cfg.model.cifar_stem, cfg.model.input_size, cfg.model.bn)
+    backbone = build_backbone(cfg.model.backbone, cfg.model.cifar_stem, cfg.model.input_size, cfg.model.bn,
+                              cfg.model.dropout)
     if cfg.method == "simclr":
         return SimCLR(backbone, cfg.augment, cfg.simclr)
     if num_samples is None:
@@ -35,6 +39,10 @@ def build_method(cfg: Config, num_samples: int | None = None, targets: torch.Ten
         if targets is None:
             raise AssertionError("supervised needs targets")
         return Supervised(backbone, cfg.augment, targets)
+    if cfg.method == "exemplar":
+        return Exemplar(backbone, cfg.exemplar, num_samples)
+    if cfg.method == "instance":
+        return InstanceDiscrimination(backbone, cfg.exemplar, cfg.instance, num_samples, cfg.model.input_size)
     return DeepCluster(backbone, cfg.augment, cfg.deepcluster, num_samples)
 
 

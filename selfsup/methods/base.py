@@ -66,15 +66,29 @@ class Method(nn.Module):
     backbone: Backbone
 
     channels_last: bool = False  # set by the training loop when the model runs in channels_last
+    passes_per_epoch: int = 1  # an epoch visits every training sample this many times
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def view(self, batch: Batch, aug: AugmentConfig) -> torch.Tensor:
-        """One augmented view of the batch, made in fp32 even under autocast (colour maps need it)."""
-        with torch.autocast(batch.images.device.type, enabled=False):
-            x = augment(batch.images, aug, batch.generator)
+        """One augmented view of the batch (see make_input)."""
+        return self.make_input(lambda: augment(batch.images, aug, batch.generator), batch.images.device)
+
+    def make_input(self, make: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Network input from `make`, run in fp32 even under autocast (colour maps need it), in the model's memory format."""
+        with torch.autocast(device.type, enabled=False):
+            x = make()
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @staticmethod
+    def num_samples_in(state: dict[str, torch.Tensor]) -> int | None:
+        """How many training samples a saved state_dict was built for (None: the method keeps nothing per sample)."""
+        labels = state.get("labels")
+        return None if labels is None else labels.shape[-1]
+
+    def on_train_start(self, images: torch.Tensor) -> None:
+        """Hook run once at the start of a fresh (not resumed) run, with the training images; nothing by default."""
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.training_step(batch)
