@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import pytest
 
 from selfsup.config import load_config, parse_overrides
 from selfsup.errors import SelfSupError
+from selfsup.methods import METHODS
+from selfsup.nets import build_backbone
+from selfsup.train import lr_at
 
 
 def test_recipe_then_overrides(tmp_path):
@@ -36,3 +41,25 @@ def test_missing_and_invalid_recipe(tmp_path):
     bad.write_text("epochs: [1\n")
     with pytest.raises(SelfSupError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_loads_and_builds(recipe):
+    cfg = load_config(recipe)
+    assert cfg.method in METHODS
+    backbone = build_backbone(cfg.model.backbone, cfg.model.cifar_stem, cfg.model.input_size, cfg.model.bn, cfg.model.dropout)
+    assert backbone.feature_dim > 0
+    if cfg.method == "exemplar":
+        assert cfg.exemplar.patch == cfg.model.input_size
+    elif cfg.method != "instance":
+        assert cfg.augment.size == cfg.model.input_size
+
+
+def test_list_values_and_step_schedule():
+    cfg = load_config(overrides=["optim.schedule=step", "optim.step_epochs=[3, 4.5]"])
+    assert cfg.optim.step_epochs == [3.0, 4.5]
+    with pytest.raises(SelfSupError, match="expected a list"):
+        load_config(overrides=["optim.step_epochs=3"])
+    assert lr_at(5, 100, 0, 1.0, milestones=[10, 20]) == 1.0
+    assert lr_at(15, 100, 0, 1.0, milestones=[10, 20]) == pytest.approx(0.1)
+    assert lr_at(25, 100, 0, 1.0, milestones=[10, 20]) == pytest.approx(0.01)
