@@ -14,7 +14,7 @@ from selfsup.cli import main
 from selfsup.data import load_source
 from selfsup.exemplar import (ExemplarTransformConfig, gradient_energy, load_seeds, pixel_pca, sample_seeds, save_seeds,
                               transform)
-from selfsup.eval.quadrant import quadrant_dim, quadrant_features
+from selfsup.eval.quadrant import SVM_C, linear_svm, quadrant_dim, quadrant_features, run_quadrant
 from selfsup.exemplar import resize_images
 from selfsup.methods.base import Batch
 from selfsup.methods.exemplar import Exemplar
@@ -210,3 +210,22 @@ def test_quadrant_cli_on_digits(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["dims"] == 4 * (64 + 64) and result["classifier"] == "svm"
     assert result["quadrant_top1"] > 50  # digits: ten classes, chance is 10%
+
+
+def test_quadrant_protocol_reports_mean_and_std_over_folds():
+    train, test = load_source("digits", "train", size=16), load_source("digits", "test", size=16)
+    folds = [np.arange(i, len(train), 3) for i in range(3)]  # three disjoint training folds, as STL-10 has ten
+    net = build_backbone("exemplar_small", input_size=16)
+    result = run_quadrant(net, train, test, torch.device("cpu"), size=16, classifier="probe", folds=folds, probe_epochs=5)
+    assert len(result["folds"]) == 3 and result["dims"] == 512
+    assert result["quadrant_top1"] == pytest.approx(np.mean(result["folds"]), abs=0.01)
+    assert result["std"] == pytest.approx(np.std(result["folds"]), abs=0.01)
+    assert min(result["folds"]) > 50  # random conv features of digits are far above the 10% of chance
+
+
+def test_linear_svm_picks_c_on_a_holdout():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    x = rng.normal(size=(600, 20)) + 3 * np.eye(3, 20)[y]
+    acc, c = linear_svm(x[:400], y[:400], x[400:], y[400:])
+    assert acc > 90 and c in SVM_C
