@@ -114,6 +114,13 @@ class DeepClusterConfig:
 
 
 @dataclass
+class RotNetConfig:
+    """RotNet: how many rotations the classifier tells apart."""
+
+    rotations: int = 4  # 4: 0/90/180/270; 2: 0/180; 8: multiples of 45 degrees
+
+
+@dataclass
 class ExemplarConfig:
     """Exemplar-CNN: seed patches as surrogate classes, and the transformations (shared by method instance)."""
 
@@ -157,6 +164,7 @@ class Config:
     sela: SeLaConfig = field(default_factory=SeLaConfig)
     deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)
     exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
+    rotnet: RotNetConfig = field(default_factory=RotNetConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
 
 

@@ -132,6 +132,29 @@ class ExemplarNet(Backbone):
         super().__init__(stages, nn.Identity(), fc)
 
 
+class NIN(Backbone):
+    """Network-in-Network as RotNet uses it on CIFAR (Gidaris et al. 2018): blocks of three conv-BN-ReLU layers.
+
+    block1 = 192c5-160c1-96c1 then a 3x3/2 max-pool, block2 = 192c5-192c1-192c1 then a 3x3/2 average pool,
+    block3 and any later block = 192c3-192c1-192c1; the representation is the last block, globally averaged.
+    """
+
+    def __init__(self, blocks: int = 4, bn: bool = True):
+        if blocks < 3:
+            raise SelfSupError(f"NIN needs at least 3 blocks, got {blocks}")
+
+        def block(cin: int, widths: tuple[int, int, int], k: int, pool: list[nn.Module]) -> nn.Sequential:
+            return nn.Sequential(*pool, *_conv_bn(cin, widths[0], k, bn), *_conv_bn(widths[0], widths[1], 1, bn),
+                                 *_conv_bn(widths[1], widths[2], 1, bn))
+
+        stages = {"block1": block(3, (192, 160, 96), 5, []),
+                  "block2": block(96, (192, 192, 192), 5, [nn.MaxPool2d(3, 2, 1)]),
+                  "block3": block(192, (192, 192, 192), 3, [nn.AvgPool2d(3, 2, 1)])}
+        for i in range(4, blocks + 1):
+            stages[f"block{i}"] = block(192, (192, 192, 192), 3, [])
+        super().__init__(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), 192)
+
+
 EXEMPLAR_NETS = {
     "exemplar_small": ((64, 64), 128),  # 64c5-64c5-128f
     "exemplar_medium": ((64, 128, 256), 512),  # 64c5-128c5-256c5-512f
@@ -139,7 +162,7 @@ EXEMPLAR_NETS = {
 }
 ALIASES = {"64c5-64c5-128f": "exemplar_small", "64c5-128c5-256c5-512f": "exemplar_medium",
            "92c5-256c5-512c5-1024f": "exemplar_large", "alexnet": "alexnet_small"}
-BACKBONES = ("resnet18", "resnet50", "alexnet_small", *EXEMPLAR_NETS)
+BACKBONES = ("resnet18", "resnet50", "alexnet_small", "nin", *EXEMPLAR_NETS)
 
 
 def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0) -> Backbone:
@@ -151,6 +174,8 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
         return ResNet(50, cifar_stem)
     if key == "alexnet_small":
         return AlexNetSmall(bn)
+    if key == "nin":
+        return NIN(4, bn)
     if key in EXEMPLAR_NETS:
         widths, fc = EXEMPLAR_NETS[key]
         return ExemplarNet(widths, fc, input_size, bn, dropout)

@@ -9,13 +9,14 @@ from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, EpochContext, Method
 from selfsup.methods.deepcluster import DeepCluster
 from selfsup.methods.exemplar import Exemplar, InstanceDiscrimination
+from selfsup.methods.rotnet import RotNet
 from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.supervised import Supervised
 from selfsup.nets import build_backbone
 
 METHODS = {"simclr": SimCLR, "sela": SeLa, "deepcluster": DeepCluster, "supervised": Supervised, "exemplar": Exemplar,
-           "instance": InstanceDiscrimination}
+           "instance": InstanceDiscrimination, "rotnet": RotNet}
 # Methods that keep something per training sample (a label, a class, a bank entry), so the samples must be fixed.
 LABELLING = ("sela", "deepcluster", "supervised", "exemplar", "instance")
 
@@ -31,6 +32,8 @@ def build_method(cfg: Config, num_samples: int | None = None, targets: torch.Ten
                               cfg.model.dropout)
     if cfg.method == "simclr":
         return SimCLR(backbone, cfg.augment, cfg.simclr)
+    if cfg.method == "rotnet":
+        return RotNet(backbone, cfg.augment, cfg.rotnet)
     if num_samples is None:
         raise AssertionError(f"{cfg.method} needs num_samples")
     if cfg.method == "sela":
