@@ -166,6 +166,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     info = init_distributed(cfg.device)
     if cfg.batch_size % info.world_size:
         raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
+    if cfg.optim.schedule not in ("cosine", "step"):
+        raise SelfSupError(f"optim.schedule must be cosine or step, got {cfg.optim.schedule!r}")
     if cfg.method == "exemplar" and cfg.exemplar.patch != cfg.model.input_size:
         raise SelfSupError(f"exemplar.patch ({cfg.exemplar.patch}) must equal model.input_size ({cfg.model.input_size})")
     if cfg.method not in ("exemplar", "instance") and cfg.augment.size != cfg.model.input_size:
@@ -233,8 +235,6 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
 
     total_steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    if cfg.optim.schedule not in ("cosine", "step"):
-        raise SelfSupError(f"optim.schedule must be cosine or step, got {cfg.optim.schedule!r}")
     milestones = [round(e * steps_per_epoch) for e in cfg.optim.step_epochs] if cfg.optim.schedule == "step" else None
     local_bs = cfg.batch_size // info.world_size
     t_start = time.time()
