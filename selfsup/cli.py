@@ -96,12 +96,11 @@ def _labels(args) -> None:
     import torch
     import torch.nn.functional as F
 
-    from selfsup.data import imbalanced, load_source
     from selfsup.distributed import pick_device
     from selfsup.eval.cluster import cluster_metrics
     from selfsup.methods.base import dataset_pass
     from selfsup.report import cluster_grid
-    from selfsup.train import load_backbone
+    from selfsup.train import load_backbone, training_data
 
     device = pick_device(args.device)
     method, cfg = load_backbone(args.run, device)
@@ -110,9 +109,7 @@ def _labels(args) -> None:
     out = Path(args.output)
     if out.exists() and not args.force:
         raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
-    data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, False, cfg.data.size)
-    if cfg.data.imbalance:
-        data = imbalanced(data, cfg.data.imbalance, cfg.seed)
+    data = training_data(cfg)[0]  # the same images the run trained on (synthesised ones are made again, seeded)
     images = torch.from_numpy(np.array(data.images)).to(device)
     labels = method.labels.view(-1, len(data)).cpu()  # (heads, N)
     probs = F.softmax(dataset_pass(method.logits, images, cfg.model.input_size), dim=-1).cpu()  # (N, heads, K)

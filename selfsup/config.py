@@ -27,8 +27,10 @@ class DataConfig:
     download: bool = False
     labels_file: str | None = None  # method supervised: a CSV from `selfsup labels` instead of the source's labels
     imbalance: str | None = None  # light | heavy: keep 100% of class 0 down to 50% / 10% of the last class
+    num_images: int | None = None  # train on a seeded random subset of this many source images (e.g. 1 or 10)
     # Fewer source images than a batch (e.g. one photograph): every batch is made of new images synthesised
-    # from them by `single_image` augmentation, and the method draws its own views from those.
+    # from them by `single_image` augmentation, and the method draws its own views from those. Methods that keep
+    # a label per sample (sela, deepcluster, exemplar, ...) get samples_per_epoch images synthesised once instead.
     synthesize: bool | None = None  # None: on when the source holds fewer images than batch_size
     single_image: AugmentConfig = field(default_factory=single_image_recipe)
 

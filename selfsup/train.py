@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from selfsup.augment import synthesize
 from selfsup.config import Config, config_to_dict, save_config
-from selfsup.data import ImageArray, imbalanced, load_source
+from selfsup.data import ImageArray, imbalanced, load_source, subset
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, run_knn
@@ -143,6 +143,38 @@ def _targets(cfg: Config, data) -> torch.Tensor:
     return torch.from_numpy(np.asarray(data.labels))[None]
 
 
+def training_data(cfg: Config) -> tuple[ImageArray, bool]:
+    """What a run trains on, and whether every batch is synthesised afresh from it.
+
+    The source split, made imbalanced or cut to data.num_images when asked. A source with fewer images than
+    a batch (one photograph) is augmented into new images: fresh ones at every step, except for methods that
+    keep something per training sample, which need the same images every epoch; for them
+    data.samples_per_epoch images are synthesised once, deterministically under the seed.
+    """
+    d = cfg.data
+    data = load_source(d.source, d.split, d.root, d.download, d.size)
+    if d.imbalance:
+        data = imbalanced(data, d.imbalance, cfg.seed)
+    if d.num_images:
+        data = subset(data, d.num_images, cfg.seed)
+    synth = d.synthesize if d.synthesize is not None else len(data) < cfg.batch_size
+    if synth and not d.samples_per_epoch:
+        raise SelfSupError(f"{d.source} holds {len(data)} image(s), fewer than a batch; set data.samples_per_epoch "
+                           "(e.g. 50000) to say how many synthesised images make an epoch")
+    if cfg.method not in LABELLING:
+        return data, synth
+    if not synth:
+        if d.samples_per_epoch:
+            raise SelfSupError(f"{cfg.method} keeps one label per training image; it cannot resample real images "
+                               "(unset data.samples_per_epoch)")
+        return data, False
+    images = torch.from_numpy(np.array(data.images))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    made = [synthesize(images, d.single_image, gen, min(4096, d.samples_per_epoch - i))
+            for i in range(0, d.samples_per_epoch, 4096)]
+    return ImageArray(f"{data.name}[{d.samples_per_epoch} synthesised]", torch.cat(made).numpy(), None, []), False
+
+
 def seed_data(data: ImageArray, cfg: Config, path: Path, resume: bool, save: bool) -> ImageArray:
     """Exemplar-CNN's training images: the context windows of the run's seed patches (sampled, or read on resume)."""
     e = cfg.exemplar
@@ -172,9 +204,6 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         raise SelfSupError(f"exemplar.patch ({cfg.exemplar.patch}) must equal model.input_size ({cfg.model.input_size})")
     if cfg.method not in ("exemplar", "instance") and cfg.augment.size != cfg.model.input_size:
         raise SelfSupError(f"augment.size ({cfg.augment.size}) must equal model.input_size ({cfg.model.input_size})")
-    if cfg.method in LABELLING and cfg.data.samples_per_epoch:
-        raise SelfSupError(f"{cfg.method} keeps one label per training image; it cannot train on synthesised or "
-                           "resampled images (unset data.samples_per_epoch)")
     prepare_run_dir(out, resume, force, create=info.is_main)
     if info.enabled:
         dist.barrier()
@@ -185,13 +214,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
     channels_last = cfg.channels_last in ("auto", "true")  # measured faster for every backbone on CPU too
 
-    data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, cfg.data.download, cfg.data.size)
-    if cfg.data.imbalance:
-        data = imbalanced(data, cfg.data.imbalance, cfg.seed)
-    synth = cfg.data.synthesize if cfg.data.synthesize is not None else len(data) < cfg.batch_size
-    if synth and not cfg.data.samples_per_epoch:
-        raise SelfSupError(f"{cfg.data.source} holds {len(data)} image(s), fewer than a batch; set data.samples_per_epoch "
-                           "(e.g. 50000) to say how many synthesised images make an epoch")
+    data, synth = training_data(cfg)
     if cfg.method == "exemplar":  # the seed patches (with their context) become the training images, one class each
         data = seed_data(data, cfg, out / SEEDS, resume, info.is_main)
     images = torch.from_numpy(np.array(data.images)).to(device)  # read the memory map into (device) memory once
@@ -199,7 +222,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
 
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, n_data, _targets(cfg, data) if cfg.method == "supervised" else None).to(device)
-    per_epoch = cfg.data.samples_per_epoch or n_data * method.passes_per_epoch
+    resample = bool(cfg.data.samples_per_epoch) and cfg.method not in LABELLING  # draw with replacement
+    per_epoch = cfg.data.samples_per_epoch if resample else n_data * method.passes_per_epoch
     steps_per_epoch = per_epoch // cfg.batch_size
     if steps_per_epoch == 0:
         raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or set data.samples_per_epoch")
@@ -245,7 +269,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         order_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
         order = _unwrap(model).epoch_order(per_epoch, order_gen)
         if order is None:
-            order = (torch.randint(n_data, (per_epoch,), generator=order_gen) if cfg.data.samples_per_epoch
+            order = (torch.randint(n_data, (per_epoch,), generator=order_gen) if resample
                      else torch.cat([torch.randperm(n_data, generator=order_gen) for _ in range(per_epoch // n_data)]))
         order = order.to(device)
         aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))

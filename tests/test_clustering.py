@@ -130,11 +130,24 @@ def test_deepcluster_samples_uniformly_over_clusters():
     assert freq[3] == 0 and (freq[:3] - 1 / 3).abs().max() < 0.02
 
 
-def test_labelling_methods_refuse_synthesised_images(tmp_path):
+def test_labelling_methods_refuse_resampled_real_images(tmp_path):
     from selfsup.errors import SelfSupError
 
-    with pytest.raises(SelfSupError, match="one label per training image"):
+    with pytest.raises(SelfSupError, match="cannot resample real images"):
         pretrain(tiny_config(method="sela"), tmp_path / "run", progress=False)
+
+
+def test_labelling_methods_train_on_images_synthesised_once(tmp_path):
+    from selfsup.train import training_data
+
+    # Ten digits: fewer than a batch, so 128 images are synthesised from them once, the same every time.
+    cfg = tiny_config(method="sela", data={"num_images": 10}, sela={"num_clusters": 4, "num_heads": 2, "label_steps": 2})
+    data, fresh = training_data(cfg)
+    again, _ = training_data(cfg)
+    size = cfg.data.single_image.size
+    assert not fresh and data.images.shape == (128, size, size, 3) and np.array_equal(data.images, again.images)
+    pretrain(cfg, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run")["method"]["labels"].shape == (2, 128)
 
 
 def test_imbalance_keeps_the_documented_fraction_per_class():

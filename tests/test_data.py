@@ -209,3 +209,15 @@ def test_download_flag_fetches_missing_dataset(tmp_path, monkeypatch):
     assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")]
     load_source("cifar10", "train", root=str(tmp_path / "data"), download=True)
     assert len(calls) == 1  # present now: no second download
+
+
+def test_subset_keeps_a_seeded_random_count():
+    from selfsup.data import subset
+
+    digits = load_source("digits", "train")
+    ten = subset(digits, 10, seed=4)
+    assert len(ten) == 10 and np.array_equal(ten.images, subset(digits, 10, seed=4).images)
+    assert not np.array_equal(ten.images, subset(digits, 10, seed=5).images)
+    assert np.array_equal(ten.images[0], digits.images[np.flatnonzero((digits.images == ten.images[0]).all((1, 2, 3)))[0]])
+    with pytest.raises(SelfSupError, match="holds only"):
+        subset(digits, len(digits) + 1)

@@ -88,6 +88,17 @@ def imbalanced(arr: ImageArray, level: str, seed: int = 0) -> ImageArray:
     return ImageArray(f"{arr.name}[{level} imbalance]", np.asarray(arr.images[keep]), arr.labels[keep], arr.classes)
 
 
+def subset(arr: ImageArray, count: int, seed: int = 0) -> ImageArray:
+    """A seeded random subset of `count` images (e.g. 1 or 10 of a dataset), in their original order."""
+    if count < 1:
+        raise SelfSupError(f"data.num_images must be at least 1, got {count}")
+    if count > len(arr):
+        raise SelfSupError(f"data.num_images={count} but {arr.name} holds only {len(arr)} images")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(arr))[:count])
+    labels = None if arr.labels is None else arr.labels[keep]
+    return ImageArray(f"{arr.name}[{count} images]", np.asarray(arr.images[keep]), labels, arr.classes)
+
+
 # --------------------------------------------------------------------------- official formats
 
 _DOWNLOADS = {
