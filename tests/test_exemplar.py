@@ -11,12 +11,14 @@ import torch
 from kornia.color import rgb_to_hsv
 
 from selfsup.cli import main
+from selfsup.config import load_config
 from selfsup.data import load_source
 from selfsup.exemplar import (ExemplarTransformConfig, gradient_energy, load_seeds, pixel_pca, sample_seeds, save_seeds,
                               transform)
 from selfsup.eval.quadrant import SVM_C, linear_svm, quadrant_dim, quadrant_features, run_quadrant
 from selfsup.exemplar import resize_images
 from selfsup.methods.base import Batch
+from selfsup.methods import build_method
 from selfsup.methods.exemplar import Exemplar
 from selfsup.nets import build_backbone
 from selfsup.train import SEEDS, load_backbone, pretrain
@@ -229,3 +231,38 @@ def test_linear_svm_picks_c_on_a_holdout():
     x = rng.normal(size=(600, 20)) + 3 * np.eye(3, 20)[y]
     acc, c = linear_svm(x[:400], y[:400], x[400:], y[400:])
     assert acc > 90 and c in SVM_C
+
+
+def _bank_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        cfg = load_config(overrides={"method": "instance", "model": {"backbone": "exemplar_small", "input_size": 16},
+                                     "instance": {"dim": 8, "negatives": 16}})
+        torch.manual_seed(0)
+        method = build_method(cfg, 40)
+        model = torch.nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        images = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        gen = torch.Generator().manual_seed(10 + rank)  # each rank augments and samples negatives its own way
+        for step in range(2):
+            index = torch.arange(step * 20 + rank * 10, step * 20 + rank * 10 + 10)
+            loss = model(Batch(images[index], index, gen))["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        torch.save(method.bank, f"{out_dir}/bank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_memory_bank_stays_identical_across_two_gloo_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_bank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    bank0, bank1 = torch.load(tmp_path / "bank0.pt"), torch.load(tmp_path / "bank1.pt")
+    assert torch.equal(bank0, bank1)  # every rank applied every rank's updates
+    start = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert (bank0 - start).norm(dim=1).gt(1e-4).all()  # all 40 entries were written, half of them by the other rank
