@@ -266,3 +266,23 @@ def test_memory_bank_stays_identical_across_two_gloo_processes(tmp_path):
     assert torch.equal(bank0, bank1)  # every rank applied every rank's updates
     start = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     assert (bank0 - start).norm(dim=1).gt(1e-4).all()  # all 40 entries were written, half of them by the other rank
+
+
+def test_quadrant_cli_uses_the_stl10_folds(tmp_path, capsys):
+    # A miniature STL-10 in its binary format: 40 labelled 96x96 images, two predefined folds of 20.
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    images = np.clip(rng.normal(60 + 40 * labels[:, None, None, None], 20, (40, 96, 96, 3)), 0, 255).astype(np.uint8)
+    for split in ("train", "test"):
+        images.transpose(0, 3, 2, 1).tofile(folder / f"{split}_X.bin")
+        (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
+    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
+    (folder / "fold_indices.txt").write_text(" ".join(map(str, range(0, 40, 2))) + "\n" + " ".join(map(str, range(1, 40, 2))) + "\n")
+    pretrain(_exemplar_config(epochs=1), tmp_path / "run", progress=False)
+    assert main(["eval", "quadrant", str(tmp_path / "run"), "--size", "32", "--classifier", "probe",
+                 "eval.source=stl10", f"eval.root={tmp_path}", "eval.probe_epochs=3"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["folds"]) == 2 and "std" in result
+    assert result["quadrant_top1"] > 50  # four classes told apart by brightness; chance is 25%

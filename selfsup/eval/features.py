@@ -25,7 +25,7 @@ def _batches(images, batch_size: int, device: torch.device):
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         if isinstance(chunk, np.ndarray):
-            chunk = torch.from_numpy(np.ascontiguousarray(chunk))
+            chunk = torch.from_numpy(np.require(chunk, requirements=["C", "W"]))  # read-only memory maps are copied
         yield chunk.to(device, non_blocking=True)
 
 
