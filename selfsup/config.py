@@ -123,6 +123,16 @@ class RotNetConfig:
 
 
 @dataclass
+class ColorizationConfig:
+    """Colorization: ab bins, class rebalancing and the annealed-mean readout (Zhang et al. 2016)."""
+
+    loss: str = "classification"  # classification over ab bins | regression (L2 on ab)
+    bin_size: float = 10.0
+    rebalance: float = 0.5  # lambda: mix of the empirical bin prior and uniform
+    temperature: float = 0.38  # annealed mean
+
+
+@dataclass
 class ExemplarConfig:
     """Exemplar-CNN: seed patches as surrogate classes, and the transformations (shared by method instance)."""
 
@@ -167,6 +177,7 @@ class Config:
     deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)
     exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
     rotnet: RotNetConfig = field(default_factory=RotNetConfig)
+    colorization: ColorizationConfig = field(default_factory=ColorizationConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
 
 

@@ -7,6 +7,7 @@ import torch
 from selfsup.config import Config
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, EpochContext, Method
+from selfsup.methods.colorization import Colorization
 from selfsup.methods.deepcluster import DeepCluster
 from selfsup.methods.exemplar import Exemplar, InstanceDiscrimination
 from selfsup.methods.rotnet import RotNet
@@ -16,7 +17,7 @@ from selfsup.methods.supervised import Supervised
 from selfsup.nets import build_backbone
 
 METHODS = {"simclr": SimCLR, "sela": SeLa, "deepcluster": DeepCluster, "supervised": Supervised, "exemplar": Exemplar,
-           "instance": InstanceDiscrimination, "rotnet": RotNet}
+           "instance": InstanceDiscrimination, "rotnet": RotNet, "colorization": Colorization}
 # Methods that keep something per training sample (a label, a class, a bank entry), so the samples must be fixed.
 LABELLING = ("sela", "deepcluster", "supervised", "exemplar", "instance")
 
@@ -34,6 +35,8 @@ def build_method(cfg: Config, num_samples: int | None = None, targets: torch.Ten
         return SimCLR(backbone, cfg.augment, cfg.simclr)
     if cfg.method == "rotnet":
         return RotNet(backbone, cfg.augment, cfg.rotnet)
+    if cfg.method == "colorization":
+        return Colorization(backbone, cfg.augment, cfg.colorization, cfg.model.input_size)
     if num_samples is None:
         raise AssertionError(f"{cfg.method} needs num_samples")
     if cfg.method == "sela":
