@@ -133,6 +133,17 @@ class ColorizationConfig:
 
 
 @dataclass
+class InpaintingConfig:
+    """Context encoder: which region is missing, and how the loss treats its rim (Pathak et al. 2016)."""
+
+    mask: str = "central"  # central | blocks | regions
+    mask_fraction: float = 0.25  # of the image area
+    overlap: int = 2  # rim (pixels) inside the region that stays visible but is predicted; the paper: 4 at 128 px
+    overlap_weight: float = 10.0
+    decoder_width: int = 128
+
+
+@dataclass
 class ExemplarConfig:
     """Exemplar-CNN: seed patches as surrogate classes, and the transformations (shared by method instance)."""
 
@@ -178,6 +189,7 @@ class Config:
     exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
     rotnet: RotNetConfig = field(default_factory=RotNetConfig)
     colorization: ColorizationConfig = field(default_factory=ColorizationConfig)
+    inpainting: InpaintingConfig = field(default_factory=InpaintingConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
 
 

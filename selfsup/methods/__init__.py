@@ -10,6 +10,7 @@ from selfsup.methods.base import Batch, EpochContext, Method
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.deepcluster import DeepCluster
 from selfsup.methods.exemplar import Exemplar, InstanceDiscrimination
+from selfsup.methods.inpainting import ContextEncoder
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
@@ -17,7 +18,8 @@ from selfsup.methods.supervised import Supervised
 from selfsup.nets import build_backbone
 
 METHODS = {"simclr": SimCLR, "sela": SeLa, "deepcluster": DeepCluster, "supervised": Supervised, "exemplar": Exemplar,
-           "instance": InstanceDiscrimination, "rotnet": RotNet, "colorization": Colorization}
+           "instance": InstanceDiscrimination, "rotnet": RotNet, "colorization": Colorization,
+           "inpainting": ContextEncoder}
 # Methods that keep something per training sample (a label, a class, a bank entry), so the samples must be fixed.
 LABELLING = ("sela", "deepcluster", "supervised", "exemplar", "instance")
 
@@ -37,6 +39,8 @@ def build_method(cfg: Config, num_samples: int | None = None, targets: torch.Ten
         return RotNet(backbone, cfg.augment, cfg.rotnet)
     if cfg.method == "colorization":
         return Colorization(backbone, cfg.augment, cfg.colorization, cfg.model.input_size)
+    if cfg.method == "inpainting":
+        return ContextEncoder(backbone, cfg.augment, cfg.inpainting, cfg.model.input_size)
     if num_samples is None:
         raise AssertionError(f"{cfg.method} needs num_samples")
     if cfg.method == "sela":
