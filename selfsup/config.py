@@ -50,7 +50,8 @@ class ModelConfig:
 class OptimConfig:
     """Optimizer and schedule: linear warm-up, then cosine to min_lr or steps. lr is used as given (no batch scaling)."""
 
-    name: str = "sgd"  # sgd | lars
+    name: str = "sgd"  # sgd | lars | adam
+    betas: tuple[float, float] = (0.9, 0.999)  # adam
     lr: float = 0.06
     schedule: str = "cosine"  # cosine | step (lr times gamma at each of step_epochs)
     step_epochs: list[float] = field(default_factory=list)
@@ -144,6 +145,15 @@ class InpaintingConfig:
 
 
 @dataclass
+class BiGANConfig:
+    """BiGAN: latent size and the widths of the generator and discriminator."""
+
+    z_dim: int = 128
+    generator_width: int = 256
+    discriminator_width: int = 64
+
+
+@dataclass
 class ExemplarConfig:
     """Exemplar-CNN: seed patches as surrogate classes, and the transformations (shared by method instance)."""
 
@@ -190,6 +200,7 @@ class Config:
     rotnet: RotNetConfig = field(default_factory=RotNetConfig)
     colorization: ColorizationConfig = field(default_factory=ColorizationConfig)
     inpainting: InpaintingConfig = field(default_factory=InpaintingConfig)
+    bigan: BiGANConfig = field(default_factory=BiGANConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
 
 

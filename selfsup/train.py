@@ -64,7 +64,7 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """SGD or LARS; biases and norm-layer weights (1-d tensors) skip weight decay and LARS when configured."""
+    """SGD, LARS or Adam; biases and norm-layer weights (1-d tensors) skip weight decay and LARS when configured."""
     o = cfg.optim
     decay, plain = [], []
     for p in model.parameters():
@@ -72,13 +72,15 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
             (plain if o.exclude_bias_norm and p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": plain, "weight_decay": 0.0, "lars": False}]
     groups = [g for g in groups if g["params"]]
-    if o.name == "sgd":
-        for g in groups:
-            g.pop("lars", None)
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
     if o.name == "lars":
         return LARS(groups, lr=o.lr, momentum=o.momentum, eta=o.lars_eta)
-    raise SelfSupError(f"unknown optimizer {o.name!r}; use sgd or lars")
+    for g in groups:
+        g.pop("lars", None)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, betas=o.betas)
+    raise SelfSupError(f"unknown optimizer {o.name!r}; use sgd, lars or adam")
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0,

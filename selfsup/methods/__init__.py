@@ -7,6 +7,7 @@ import torch
 from selfsup.config import Config
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, EpochContext, Method
+from selfsup.methods.bigan import BiGAN
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.deepcluster import DeepCluster
 from selfsup.methods.exemplar import Exemplar, InstanceDiscrimination
@@ -19,7 +20,7 @@ from selfsup.nets import build_backbone
 
 METHODS = {"simclr": SimCLR, "sela": SeLa, "deepcluster": DeepCluster, "supervised": Supervised, "exemplar": Exemplar,
            "instance": InstanceDiscrimination, "rotnet": RotNet, "colorization": Colorization,
-           "inpainting": ContextEncoder}
+           "inpainting": ContextEncoder, "bigan": BiGAN}
 # Methods that keep something per training sample (a label, a class, a bank entry), so the samples must be fixed.
 LABELLING = ("sela", "deepcluster", "supervised", "exemplar", "instance")
 
@@ -41,6 +42,8 @@ def build_method(cfg: Config, num_samples: int | None = None, targets: torch.Ten
         return Colorization(backbone, cfg.augment, cfg.colorization, cfg.model.input_size)
     if cfg.method == "inpainting":
         return ContextEncoder(backbone, cfg.augment, cfg.inpainting, cfg.model.input_size)
+    if cfg.method == "bigan":
+        return BiGAN(backbone, cfg.augment, cfg.bigan, cfg.model.input_size)
     if num_samples is None:
         raise AssertionError(f"{cfg.method} needs num_samples")
     if cfg.method == "sela":
