@@ -186,12 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a run's frozen backbone")
     ev.add_argument("protocol", choices=["knn", "linear", "quadrant"],
-                    help="quadrant: Exemplar-CNN's protocol (conv maps max-pooled over 4 quadrants, linear SVM)")
+                    help="quadrant: Exemplar-CNN's protocol (conv maps max-pooled over 4 quadrants, a linear classifier)")
     ev.add_argument("run", help="run directory")
     ev.add_argument("overrides", nargs="*", help="key=value overrides of the eval section, e.g. eval.knn_k=20")
     ev.add_argument("--layers", default="all", help="taps to probe: all, or a comma list such as conv1,conv2")
     ev.add_argument("--size", type=int, default=64, help="quadrant: image size the net sees (the paper upsamples CIFAR to 64)")
-    ev.add_argument("--classifier", choices=["svm", "probe"], default="svm", help="quadrant: linear SVM or the linear probe")
+    ev.add_argument("--classifier", choices=["probe", "svm"], default="probe",
+                    help="quadrant: the linear probe (default, minutes on CPU) or the paper's linear SVM (slow on CPU for 50k images)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--random-init", action="store_true", help="evaluate the run's architecture at its initialisation (a baseline)")
     ev.set_defaults(func=_eval)
