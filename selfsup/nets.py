@@ -31,6 +31,18 @@ class Backbone(nn.Module):
             x = stage(x)
         return self.head(x)
 
+    @torch.no_grad()
+    def last_spatial_tap(self, input_size: int) -> tuple[str, torch.Size]:
+        """The deepest tap that is still a (C,H,W) map for input_size-pixel images, and its shape: an encoder's output."""
+        was = self.training
+        self.eval()
+        maps = self.forward_taps(torch.zeros(1, 3, input_size, input_size))
+        self.train(was)
+        spatial = [(name, m.shape[1:]) for name, m in maps.items() if m.dim() == 4]
+        if not spatial:
+            raise SelfSupError("this method needs a backbone with a spatial (conv) layer")
+        return spatial[-1]
+
     def forward_taps(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Activations at the requested taps (all when None); stops after the deepest one asked for."""
         names = list(self.taps) if names is None else list(names)

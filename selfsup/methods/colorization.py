@@ -89,19 +89,11 @@ class Colorization(Method):
         # Colours are the target: only the geometric part of the augmentation applies.
         self.aug = dataclasses.replace(aug, jitter_p=0.0, grayscale_p=0.0, solarize_p=0.0)
         self.cfg = cfg
-        with torch.no_grad():
-            was = backbone.training
-            backbone.eval()
-            maps = backbone.forward_taps(torch.zeros(1, 3, input_size, input_size))
-            backbone.train(was)
-        spatial = [name for name, m in maps.items() if m.dim() == 4]
-        if not spatial:
-            raise SelfSupError("colorization needs a backbone with a spatial (conv) layer")
-        self.encoder_tap = spatial[-1]
+        self.encoder_tap, shape = backbone.last_spatial_tap(input_size)
         self.register_buffer("bins", gamut_bins(cfg.bin_size))
         self.register_buffer("weights", torch.ones(len(self.bins)))
         out = len(self.bins) if cfg.loss == "classification" else 2
-        self.decoder = nn.Conv2d(maps[self.encoder_tap].shape[1], out, 1)
+        self.decoder = nn.Conv2d(shape[0], out, 1)
 
     def on_train_start(self, images: torch.Tensor) -> None:
         """Bin frequencies over (a sample of) the training images -> rebalancing weights."""

@@ -72,16 +72,8 @@ class ContextEncoder(Method):
         self.aug = aug
         self.cfg = cfg
         self.input_size = input_size
-        with torch.no_grad():
-            was = backbone.training
-            backbone.eval()
-            maps = backbone.forward_taps(torch.zeros(1, 3, input_size, input_size))
-            backbone.train(was)
-        spatial = [name for name, m in maps.items() if m.dim() == 4]
-        if not spatial:
-            raise SelfSupError("inpainting needs a backbone with a spatial (conv) layer")
-        self.encoder_tap = spatial[-1]
-        channels, size = maps[self.encoder_tap].shape[1], maps[self.encoder_tap].shape[-1]
+        self.encoder_tap, shape = backbone.last_spatial_tap(input_size)
+        channels, size = shape[0], shape[-1]
         layers: list[nn.Module] = []
         width = cfg.decoder_width
         cin = channels
@@ -90,7 +82,7 @@ class ContextEncoder(Method):
             cin, size = width, size * 2
             width = max(16, width // 2)
         if size != input_size:
-            raise SelfSupError(f"the {self.encoder_tap} map ({maps[self.encoder_tap].shape[-1]} px) does not double up to {input_size} px")
+            raise SelfSupError(f"the {self.encoder_tap} map ({shape[-1]} px) does not double up to {input_size} px")
         layers.append(nn.Conv2d(cin, 3, 3, padding=1))
         self.decoder = nn.Sequential(*layers)
 
