@@ -32,13 +32,18 @@ class Backbone(nn.Module):
         return self.head(x)
 
     @torch.no_grad()
-    def last_spatial_tap(self, input_size: int) -> tuple[str, torch.Size]:
-        """The deepest tap that is still a (C,H,W) map for input_size-pixel images, and its shape: an encoder's output."""
+    def tap_shapes(self, input_size: int, names: list[str] | None = None) -> dict[str, torch.Size]:
+        """Per-image output shape of each requested tap (all when None) for input_size-pixel images."""
         was = self.training
         self.eval()
-        maps = self.forward_taps(torch.zeros(1, 3, input_size, input_size))
+        device = next(self.parameters()).device
+        maps = self.forward_taps(torch.zeros(1, 3, input_size, input_size, device=device), names)
         self.train(was)
-        spatial = [(name, m.shape[1:]) for name, m in maps.items() if m.dim() == 4]
+        return {name: m.shape[1:] for name, m in maps.items()}
+
+    def last_spatial_tap(self, input_size: int) -> tuple[str, torch.Size]:
+        """The deepest tap that is still a (C,H,W) map for input_size-pixel images, and its shape: an encoder's output."""
+        spatial = [(name, shape) for name, shape in self.tap_shapes(input_size).items() if len(shape) == 3]
         if not spatial:
             raise SelfSupError("this method needs a backbone with a spatial (conv) layer")
         return spatial[-1]

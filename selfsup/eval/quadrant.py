@@ -26,32 +26,25 @@ from selfsup.nets import Backbone
 SVM_C = (0.001, 0.01, 0.1, 1.0)
 
 
-def conv_taps(backbone: Backbone, size: int, device: torch.device) -> list[str]:
-    """The taps whose output is a spatial map (every conv layer) for `size`-pixel inputs."""
-    with torch.no_grad():
-        was = backbone.training
-        backbone.eval()
-        names = [n for n in backbone.taps if n.startswith("conv") or n.startswith("layer")]
-        maps = backbone.forward_taps(torch.zeros(1, 3, size, size, device=device), names) if names else {}
-        backbone.train(was)
-    taps = [n for n, m in maps.items() if m.dim() == 4]
-    if not taps:
+def conv_taps(backbone: Backbone, size: int) -> dict[str, torch.Size]:
+    """The conv taps (spatial maps) for `size`-pixel inputs and their shapes; fully connected stages are left out,
+    as their input size is fixed by the training size."""
+    names = [n for n in backbone.taps if n.startswith(("conv", "layer", "block"))]
+    shapes = {n: s for n, s in backbone.tap_shapes(size, names).items() if len(s) == 3} if names else {}
+    if not shapes:
         raise SelfSupError("this backbone has no conv taps for quadrant pooling")
-    return taps
+    return shapes
 
 
-def quadrant_dim(backbone: Backbone, size: int = 64, device: torch.device | str = "cpu") -> int:
+def quadrant_dim(backbone: Backbone, size: int = 64) -> int:
     """Length of the quadrant-pooled feature vector: 4 x the summed width of the conv taps."""
-    device = torch.device(device)
-    with torch.no_grad():
-        maps = backbone.forward_taps(torch.zeros(1, 3, size, size, device=device), conv_taps(backbone, size, device))
-    return sum(4 * m.shape[1] for m in maps.values())
+    return sum(4 * shape[0] for shape in conv_taps(backbone, size).values())
 
 
 @torch.no_grad()
 def quadrant_features(backbone: Backbone, images, size: int, device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """(N, quadrant_dim) float32 features of uint8 images (N,H,W,3), resized to `size`."""
-    taps = conv_taps(backbone, size, device)
+    taps = list(conv_taps(backbone, size))
     was = backbone.training
     backbone.eval()
     out = []
