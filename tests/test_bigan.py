@@ -72,3 +72,12 @@ def test_bigan_trains_and_the_discriminator_learns_on_a_tiny_set():
     assert all(torch.isfinite(h["loss"]) for h in history)
     # Early on D beats chance at telling (x, E(x)) from (G(z), z): the adversarial game is being played.
     assert max(h["d_accuracy"].item() for h in history[:15]) > 0.6
+
+
+def test_bigan_rejects_an_input_size_its_generator_cannot_make():
+    import pytest
+
+    from selfsup.errors import SelfSupError
+
+    with pytest.raises(SelfSupError, match="power-of-two"):
+        build_method(load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": 24}}))

@@ -25,6 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from selfsup.augment import MEAN, STD, AugmentConfig
 from selfsup.config import BiGANConfig
+from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, Method
 from selfsup.nets import Backbone
 
@@ -75,6 +76,9 @@ class BiGAN(Method):
 
     def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: BiGANConfig, input_size: int):
         super().__init__()
+        if input_size < 4 or input_size & (input_size - 1):
+            raise SelfSupError(f"bigan needs a power-of-two model.input_size of at least 4 (its generator doubles 4x4 "
+                               f"maps), got {input_size}")
         self.backbone = backbone
         self.aug = aug
         self.cfg = cfg
