@@ -166,7 +166,19 @@ def _export(args) -> None:
 def _demo(args) -> None:
     from selfsup.demo import run_demo
 
-    run_demo(Path(args.out), force=args.force, minutes=args.minutes, epochs=args.epochs)
+    run_demo(Path(args.out), force=args.force, epochs=args.epochs)
+
+
+def _study(args) -> None:
+    from selfsup.study import load_study, run_study
+
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    study = load_study(args.study, split(args.methods), split(args.sources))
+    out = Path(args.out) if args.out else Path("runs") / Path(args.study).stem
+    command = "selfsup study single-image " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else ""
+    results = run_study(study, out, force=args.force, device=args.device, command=command)
+    print(json.dumps({name: {"linear": r["linear"], "knn": r["knn"]} for name, r in results.items()}))
+    print(f"report: {out / 'report.md'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,11 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true")
     ex.set_defaults(func=_export)
 
-    de = sub.add_parser("demo", help="offline CPU demo: SimCLR on one photograph, probes on digits vs random init")
-    de.add_argument("--out", "-o", default="runs/demo")
-    de.add_argument("--force", action="store_true", help="overwrite an existing demo run")
-    de.add_argument("--minutes", type=float, default=7.0, help="pretraining stops after the epoch that crosses this many minutes")
-    de.add_argument("--epochs", type=int, default=20, help="pretraining epochs of 6,400 synthesised images")
+    st = sub.add_parser("study", help="run a grid of pretraining runs and probe every layer of each")
+    st.add_argument("kind", choices=["single-image"], help="single-image: method x training source (1 image, N, all)")
+    st.add_argument("study", help="study YAML (methods, sources, baselines, base, overrides), e.g. recipes/single_image_cpu.yaml")
+    st.add_argument("--methods", help="comma list replacing the file's methods, e.g. rotnet,bigan")
+    st.add_argument("--sources", help="comma list replacing the file's sources, e.g. all,1,image:skimage/coffee")
+    st.add_argument("--out", "-o", help="study directory (default runs/<study name>); finished cells in it are reused")
+    st.add_argument("--force", action="store_true", help="redo every cell, overwriting earlier runs")
+    st.add_argument("--device", default="auto")
+    st.set_defaults(func=_study)
+
+    de = sub.add_parser("demo", help="offline CPU demo: the single-image study in miniature (RotNet, SimCLR; one photograph "
+                        "vs all of digits; probes on every layer)")
+    de.add_argument("--out", "-o", default="runs/demo", help="demo directory; finished cells in it are reused")
+    de.add_argument("--force", action="store_true", help="redo every cell of an existing demo")
+    de.add_argument("--epochs", type=int, default=4, help="pretraining epochs of 6,400 images per cell")
     de.set_defaults(func=_demo)
     return p
 

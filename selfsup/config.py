@@ -44,6 +44,7 @@ class ModelConfig:
     input_size: int = 32
     bn: bool = True
     dropout: float = 0.0  # on the fully connected layer of the Exemplar-CNN nets
+    width: float = 1.0  # channel multiplier of alexnet_small (0.5: a quarter of the compute, for CPU studies)
 
 
 @dataclass
@@ -142,6 +143,7 @@ class InpaintingConfig:
     overlap: int = 2  # rim (pixels) inside the region that stays visible but is predicted; the paper: 4 at 128 px
     overlap_weight: float = 10.0
     decoder_width: int = 128
+    adversarial: float = 0.0  # weight of the adversarial loss; the paper's joint loss uses 0.001 (and 0.999 on reconstruction)
 
 
 @dataclass
@@ -283,6 +285,11 @@ def parse_overrides(pairs: list[str]) -> dict:
 def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
     """Apply `key=value` overrides to an existing config (e.g. one loaded from a run)."""
     return _merge(cfg, parse_overrides(pairs))
+
+
+def update_config(cfg: Config, updates: dict) -> Config:
+    """Merge a nested dict of config keys into cfg (checked and coerced like a recipe)."""
+    return _merge(cfg, updates)
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:

@@ -107,18 +107,22 @@ class AlexNetSmall(Backbone):
 
     Channel widths follow AlexNet (96-256-384-384-256); kernels are 5,5,3,3,3 with stride 1 and 3x3/2
     max-pools after conv1, conv2 and conv5, which maps 32x32 inputs to 4x4x256 before global pooling.
+    `width` scales every layer's channels (0.5 costs about a quarter of the compute: CPU-sized studies).
     """
 
-    def __init__(self, bn: bool = True):
+    def __init__(self, bn: bool = True, width: float = 1.0):
+        if width <= 0:
+            raise SelfSupError(f"model.width must be positive, got {width}")
+        c1, c2, c3, c4, c5 = (max(8, round(c * width)) for c in (96, 256, 384, 384, 256))
         pool = lambda: nn.MaxPool2d(3, 2, 1)  # noqa: E731
         stages = {
-            "conv1": nn.Sequential(*_conv_bn(3, 96, 5, bn)),
-            "conv2": nn.Sequential(pool(), *_conv_bn(96, 256, 5, bn)),
-            "conv3": nn.Sequential(pool(), *_conv_bn(256, 384, 3, bn)),
-            "conv4": nn.Sequential(*_conv_bn(384, 384, 3, bn)),
-            "conv5": nn.Sequential(*_conv_bn(384, 256, 3, bn)),
+            "conv1": nn.Sequential(*_conv_bn(3, c1, 5, bn)),
+            "conv2": nn.Sequential(pool(), *_conv_bn(c1, c2, 5, bn)),
+            "conv3": nn.Sequential(pool(), *_conv_bn(c2, c3, 3, bn)),
+            "conv4": nn.Sequential(*_conv_bn(c3, c4, 3, bn)),
+            "conv5": nn.Sequential(*_conv_bn(c4, c5, 3, bn)),
         }
-        super().__init__(stages, nn.Sequential(pool(), nn.AdaptiveAvgPool2d(1), nn.Flatten()), 256)
+        super().__init__(stages, nn.Sequential(pool(), nn.AdaptiveAvgPool2d(1), nn.Flatten()), c5)
 
 
 class ExemplarNet(Backbone):
@@ -182,15 +186,21 @@ ALIASES = {"64c5-64c5-128f": "exemplar_small", "64c5-128c5-256c5-512f": "exempla
 BACKBONES = ("resnet18", "resnet50", "alexnet_small", "nin", *EXEMPLAR_NETS)
 
 
-def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0) -> Backbone:
-    """Build a backbone by name: resnet18, resnet50, alexnet_small, exemplar_small/medium/large (or 64c5-64c5-128f ...)."""
+def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0,
+                   width: float = 1.0) -> Backbone:
+    """Build a backbone by name: resnet18, resnet50, alexnet_small, exemplar_small/medium/large (or 64c5-64c5-128f ...).
+
+    `width` (a channel multiplier) applies to alexnet_small only.
+    """
     key = ALIASES.get(name, name)
+    if width != 1.0 and key != "alexnet_small":
+        raise SelfSupError(f"model.width applies to alexnet_small only, not {name!r}")
     if key == "resnet18":
         return ResNet(18, cifar_stem)
     if key == "resnet50":
         return ResNet(50, cifar_stem)
     if key == "alexnet_small":
-        return AlexNetSmall(bn)
+        return AlexNetSmall(bn, width)
     if key == "nin":
         return NIN(4, bn)
     if key in EXEMPLAR_NETS:

@@ -1,7 +1,8 @@
-"""Reports: a markdown table of per-layer probe accuracy and its plot."""
+"""Reports: a markdown table of per-layer probe accuracy and its plot, and picture grids."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from selfsup.augment import MEAN, STD
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -71,3 +74,75 @@ def cluster_grid(images: np.ndarray, features: torch.Tensor, labels: torch.Tenso
     grid = np.concatenate(rows) if rows else np.zeros((h, w, 3), np.uint8)
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
     return path
+
+
+def unnormalize(x: torch.Tensor) -> torch.Tensor:
+    """Network-range images (augment.normalize's output) back to RGB in [0,1], for pictures."""
+    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+def image_rows(rows: list[torch.Tensor], gap: int = 2, scale: int = 2) -> np.ndarray:
+    """uint8 (H,W,3) grid: one row per (B,3,h,w) tensor of RGB in [0,1], one column per image, `gap` white pixels
+    between, upscaled `scale`x (nearest) so that 32 px images stay legible."""
+    n, (h, w) = len(rows), rows[0].shape[-2:]
+    b = rows[0].shape[0]
+    grid = torch.ones(3, n * h + (n - 1) * gap, b * w + (b - 1) * gap)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row.detach().float().cpu().clamp(0, 1)):
+            grid[:, i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = image
+    grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    return (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def study_table(rows: dict[str, dict]) -> str:
+    """Markdown table of study cells: linear probe top-1 per layer, kNN on the final layer, training cost."""
+    layers = list(next(iter(rows.values()))["linear"])
+    lines = ["| cell | " + " | ".join(layers) + " | kNN | epochs | train min |", "|---|" + "---:|" * (len(layers) + 3)]
+    for label, r in rows.items():
+        accs = " | ".join(f"{r['linear'][layer]:.1f}" for layer in layers)
+        lines.append(f"| {label} | {accs} | {r['knn']:.1f} | {r.get('epochs', '–')} | {r.get('train_minutes', '–')} |")
+    return "\n".join(lines)
+
+
+def plot_study(rows: dict[str, dict], methods: list[str], path: Path) -> None:
+    """Accuracy vs layer: one panel per method, one line per training source, baselines dashed on every panel."""
+    baselines = {label: r for label, r in rows.items() if r["method"] in ("random", "supervised")}
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.8), dpi=120, squeeze=False, sharey=True)
+    for ax, method in zip(axes[0], methods):
+        for label, r in rows.items():
+            if r["method"] == method:
+                ax.plot(list(r["linear"]), list(r["linear"].values()), marker="o", label=label.split(" · ", 1)[-1])
+        for (label, r), style in zip(baselines.items(), ("k--", "k:")):
+            ax.plot(list(r["linear"]), list(r["linear"].values()), style, label=label)
+        ax.set_title(method)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("linear probe top-1 (%)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def filter_grid(filters: dict[str, np.ndarray], path: Path, columns: int = 4) -> None:
+    """Each model's first-layer filters (out, 3, k, k), every filter scaled to [0, 1] on its own, one panel per model."""
+    rows = math.ceil(len(filters) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), dpi=120, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, w) in zip(axes.flat, filters.items()):
+        w = w - w.min(axis=(1, 2, 3), keepdims=True)
+        w = w / np.maximum(w.max(axis=(1, 2, 3), keepdims=True), 1e-8)
+        n, _, k, _ = w.shape
+        per_row = math.ceil(math.sqrt(n))
+        tile = np.ones((math.ceil(n / per_row) * (k + 1), per_row * (k + 1), 3))
+        for i in range(n):
+            y, x = divmod(i, per_row)
+            tile[y * (k + 1):y * (k + 1) + k, x * (k + 1):x * (k + 1) + k] = w[i].transpose(1, 2, 0)
+        ax.imshow(tile, interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from tqdm import tqdm
 
 from selfsup.augment import synthesize
@@ -345,6 +346,12 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
             if info.is_main and progress:
                 tqdm.write(f"stopping after epoch {epoch + 1}: max_minutes={cfg.max_minutes} reached (resume with --resume)")
             break
+    if info.is_main:  # a picture of what the method learnt to do, on the first few training images
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        shown = synthesize(images, cfg.data.single_image, gen, 8) if synth else images[:8]
+        grid = _unwrap(model).sample_grid(shown, gen)
+        if grid is not None:
+            Image.fromarray(grid).save(out / "samples.png")
     if writer:
         writer.close()
     return last

@@ -146,3 +146,22 @@ def test_synthesize_makes_new_images_from_one():
     assert len({bytes(im.numpy()) for im in a}) == 16  # every synthesised image differs
     few = synthesize(_images(3, 40, 40), cfg, torch.Generator().manual_seed(1), 10)
     assert few.shape == (10, 24, 24, 3)
+
+
+def test_single_image_recipe_stays_in_its_ranges():
+    """The single-image recipe: crops of at least 2% of the image, +-30 degrees, jitter (0.4, 0.4, 0.4, 0.1) half the time."""
+    from selfsup.augment import augment_unit, single_image_recipe
+
+    n = 3000
+    cfg = single_image_recipe(size=16)
+    x, p = augment_unit(_images(1, 64, 64), cfg, torch.Generator().manual_seed(3), n=n, return_params=True)
+    assert x.shape == (n, 3, 16, 16) and x.min() >= 0 and x.max() <= 1
+    area = p.crop_wh[:, 0] * p.crop_wh[:, 1]
+    assert area.min() >= 0.02 - 1e-6 and area.max() <= 1 + 1e-6
+    assert p.angle.abs().max() <= 30 and p.angle.std() > 12
+    rate = p.jitter.float().mean().item()
+    assert abs(rate - 0.5) < 4 * math.sqrt(0.25 / n)
+    assert not p.gray.any()
+    for col, (lo, hi) in enumerate([(0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1)]):
+        f = p.factors[p.jitter, col]
+        assert f.min() >= lo - 1e-6 and f.max() <= hi + 1e-6

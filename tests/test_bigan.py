@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +82,13 @@ def test_bigan_rejects_an_input_size_its_generator_cannot_make():
 
     with pytest.raises(SelfSupError, match="power-of-two"):
         build_method(load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": 24}}))
+
+
+def test_sample_grid_shows_samples_reals_and_reconstructions():
+    m = _bigan()
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    grid = m.sample_grid(images, torch.Generator().manual_seed(0))
+    assert grid.dtype == np.uint8 and grid.shape == (2 * (3 * 16 + 2 * 2), 2 * (8 * 16 + 7 * 2), 3)
+    assert m.training  # the previous mode is restored
+    np.testing.assert_array_equal(grid[36:68, :32], images[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy())
+    np.testing.assert_array_equal(grid, m.sample_grid(images, torch.Generator().manual_seed(0)))  # seeded

@@ -1,5 +1,6 @@
 """Colorization: Lab, ab bins, soft targets, class rebalancing, the annealed mean, and learning on a tiny set."""
 
+import numpy as np
 import pytest
 import torch
 from kornia.color import lab_to_rgb, rgb_to_lab
@@ -96,3 +97,16 @@ def test_colorization_learns_to_paint_on_a_tiny_set(loss):
     err = (painted[:, 1:] - lab[:, 1:]).pow(2).mean().item()
     mean_predictor = (lab[:, 1:] - lab[:, 1:].mean(dim=(0, 2, 3), keepdim=True)).pow(2).mean().item()
     assert err < 0.5 * mean_predictor, (err, mean_predictor)
+
+
+def test_sample_grid_shows_input_prediction_and_truth():
+    cfg = load_config(overrides={"method": "colorization", "model": {"backbone": "exemplar_small", "input_size": 16},
+                                 "augment": {"size": 16}})
+    torch.manual_seed(0)
+    method = build_method(cfg, 8)
+    grid = method.sample_grid(_discs(8, 0), torch.Generator().manual_seed(0))
+    assert grid.dtype == np.uint8 and grid.shape == (2 * (3 * 16 + 2 * 2), 2 * (8 * 16 + 7 * 2), 3)
+    assert method.training  # the previous mode is restored
+    gray = grid[:32].astype(int)
+    assert (gray.max(-1) - gray.min(-1)).max() <= 2  # the input row has no colour
+    np.testing.assert_array_equal(grid[72:104, :32], _discs(1, 0)[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy())

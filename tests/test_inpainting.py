@@ -1,5 +1,6 @@
 """Context encoder: masks cover the stated area, the rim stays visible, and the fill beats the mean on a tiny set."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,59 @@ def test_context_encoder_fills_the_hole_better_than_the_mean():
     err = (pred - x)[hole].pow(2).mean()
     mean_fill = (x - x.mean(dim=(0, 2, 3), keepdim=True))[hole].pow(2).mean()  # the dataset-mean colour
     assert err < 0.5 * mean_fill, (err, mean_fill)
+
+
+def _small(**inpainting):
+    cfg = load_config(overrides={"method": "inpainting", "model": {"backbone": "exemplar_small", "input_size": 16},
+                                 "augment": {"size": 16}, "inpainting": {"decoder_width": 16, **inpainting}})
+    torch.manual_seed(0)
+    return build_method(cfg, 8)
+
+
+def test_sample_grid_pastes_the_prediction_into_the_region_only():
+    m = _small(mask="regions")
+    grid = m.sample_grid(_stripes(8, 0)[:, :16, :16].contiguous(), torch.Generator().manual_seed(0))
+    assert grid.dtype == np.uint8 and grid.shape == (2 * (3 * 16 + 2 * 2), 2 * (8 * 16 + 7 * 2), 3)
+    assert m.training  # the previous mode is restored
+    region, _ = m.masks(8, torch.Generator().manual_seed(0), "cpu")  # the grid's masks: same seed
+    keep = (1 - region[:, 0]).bool().repeat_interleave(2, 1).repeat_interleave(2, 2)  # (8, 32, 32) at 2x
+    row = lambda r: np.stack([grid[r * 36:r * 36 + 32, j * 36:j * 36 + 32] for j in range(8)])  # noqa: E731
+    filled, original = row(1), row(2)
+    assert (filled[keep.numpy()] == original[keep.numpy()]).all()
+    assert (filled[~keep.numpy()] != original[~keep.numpy()]).any()
+
+
+def test_adversarial_loss_adds_a_discriminator_and_trains():
+    plain = _small()
+    assert plain.discriminator is None
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in _small(adversarial=0.0).parameters())
+    m = _small(adversarial=0.001)
+    assert m.discriminator is not None
+    own = sum(p.numel() for n, p in m.named_parameters() if not n.startswith("discriminator."))
+    assert own == sum(p.numel() for p in plain.parameters())
+    out = m(Batch(_stripes(8, 0)[:, :16, :16].contiguous(), torch.arange(8), torch.Generator().manual_seed(1)))
+    assert torch.isfinite(out["loss"]) and {"rec_loss", "adv_loss", "d_loss"} <= out.keys()
+    assert not any(out[k].requires_grad for k in ("rec_loss", "adv_loss", "d_loss"))
+    out["loss"].backward()
+    assert all(p.grad is not None for p in [*m.decoder.parameters(), *m.discriminator.parameters()])
+
+
+def test_each_side_gets_only_its_own_adversarial_gradient():
+    m = _small(adversarial=0.001)
+    x = m.view(Batch(_stripes(4, 0)[:, :16, :16].contiguous(), torch.arange(4), torch.Generator().manual_seed(1)), m.aug)
+    region, erased = m.masks(4, None, "cpu")
+    filled = x * (1 - region) + m.inpaint(x, erased) * region
+    d_loss, g_loss = m.adversarial_losses(x, filled)
+    g_loss.backward(retain_graph=True)  # the inpainter's term: nothing reaches D's weights
+    assert all(p.grad is None for p in m.discriminator.parameters())
+    assert all(p.grad is not None for p in m.decoder.parameters())
+    m.zero_grad(set_to_none=True)
+    d_loss.backward()  # D's term: nothing reaches the inpainter
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.discriminator.parameters())
+    assert all(p.grad is None for n, p in m.named_parameters() if not n.startswith("discriminator."))
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.0])
+def test_adversarial_weight_outside_0_1_is_an_error(weight):
+    with pytest.raises(SelfSupError, match="inpainting.adversarial"):
+        _small(adversarial=weight)

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 from selfsup.config import load_config
 from selfsup.errors import SelfSupError
@@ -34,9 +35,17 @@ def test_run_writes_its_files_and_knn(tmp_path):
     last = pretrain(tiny_config(), tmp_path / "run", progress=False)
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.yaml", "checkpoint.pt", "metrics.jsonl", "tb"} <= files
+    assert "samples.png" not in files  # SimCLR has no picture of its task
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2] and all(math.isfinite(m["loss"]) for m in lines)
     assert 0 <= last["knn_top1"] <= 100
+
+
+def test_inpainting_run_writes_its_samples_picture(tmp_path):
+    cfg = tiny_config(method="inpainting", epochs=1, inpainting={"decoder_width": 16})
+    pretrain(cfg, tmp_path / "run", progress=False)
+    with Image.open(tmp_path / "run" / "samples.png") as picture:
+        assert picture.mode == "RGB" and picture.size == (2 * (8 * 16 + 7 * 2), 2 * (3 * 16 + 2 * 2))
 
 
 def test_resume_continues_exactly(tmp_path):

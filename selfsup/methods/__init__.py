@@ -33,7 +33,7 @@ def build_method(cfg: Config, num_samples: int | None = None, targets: torch.Ten
     if cfg.method not in METHODS:
         raise SelfSupError(f"unknown method {cfg.method!r}; available: {', '.join(METHODS)}")
     backbone = build_backbone(cfg.model.backbone, cfg.model.cifar_stem, cfg.model.input_size, cfg.model.bn,
-                              cfg.model.dropout)
+                              cfg.model.dropout, cfg.model.width)
     if cfg.method == "simclr":
         return SimCLR(backbone, cfg.augment, cfg.simclr)
     if cfg.method == "rotnet":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
+from torch.func import functional_call
 
 from selfsup.augment import AugmentConfig, augment, to_input
 from selfsup.distributed import all_gather_nograd, rank, world_size
@@ -60,6 +63,27 @@ def dataset_pass(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """The module in eval mode (running batch-norm statistics, no dropout) for the block, then back as it was."""
+    training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(training)
+
+
+def call_frozen(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """module(*inputs) with its weights detached: gradient reaches the inputs (the nets that made them), not the module.
+
+    Adversarial methods use it so one backward pass gives each side the gradient of its own objective only.
+    """
+    frozen = {k: v.detach() for k, v in module.named_parameters()}
+    frozen.update(dict(module.named_buffers()))
+    return functional_call(module, frozen, inputs)
+
+
 class Method(nn.Module):
     """Subclasses set `backbone` and implement training_step; forward is training_step so DDP can wrap it."""
 
@@ -98,4 +122,9 @@ class Method(nn.Module):
 
     def epoch_order(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
         """Dataset indices for this epoch when the method samples its own way (e.g. uniformly over clusters)."""
+        return None
+
+    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray | None:
+        """A uint8 (H,W,3) picture of what the method does on a few training images (uint8 B,H,W,3), for the run's
+        report; None when it has none."""
         return None

@@ -17,16 +17,16 @@ Choices for stable training on CIFAR-size images (documented because the paper l
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
 from torch.nn.utils.parametrizations import spectral_norm
 
-from selfsup.augment import MEAN, STD, AugmentConfig
+from selfsup.augment import MEAN, STD, AugmentConfig, to_input
 from selfsup.config import BiGANConfig
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch, Method
+from selfsup.methods.base import Batch, Method, call_frozen, eval_mode
 from selfsup.nets import Backbone
 
 
@@ -82,6 +82,7 @@ class BiGAN(Method):
         self.backbone = backbone
         self.aug = aug
         self.cfg = cfg
+        self.input_size = input_size
         self.to_z = nn.Linear(backbone.feature_dim, cfg.z_dim)
         self.generator = Generator(cfg.z_dim, input_size, cfg.generator_width)
         self.discriminator = Discriminator(cfg.z_dim, input_size, cfg.discriminator_width)
@@ -103,13 +104,20 @@ class BiGAN(Method):
         d_fake = self.discriminator(x_fake.detach(), z_fake)
         d_loss = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
         # E and G's objective (labels swapped), with D frozen: its weights enter as detached tensors.
-        frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
-        frozen.update(dict(self.discriminator.named_buffers()))
-        g_real = functional_call(self.discriminator, frozen, (x_real, z_real))
-        g_fake = functional_call(self.discriminator, frozen, (x_fake, z_fake))
+        g_real = call_frozen(self.discriminator, x_real, z_real)
+        g_fake = call_frozen(self.discriminator, x_fake, z_fake)
         ge_loss = F.binary_cross_entropy_with_logits(g_real, zeros) + F.binary_cross_entropy_with_logits(g_fake, ones)
         d_acc = ((d_real > 0).float().mean() + (d_fake < 0).float().mean()) / 2
         return {"loss": d_loss + ge_loss, "d_loss": d_loss.detach(), "ge_loss": ge_loss.detach(), "d_accuracy": d_acc.detach()}
+
+    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+        """Rows: samples G(z), real images x, their reconstructions G(E(x))."""
+        from selfsup.report import image_rows, unnormalize  # matplotlib loads only when a picture is made
+
+        with torch.no_grad(), eval_mode(self):
+            x = to_input(images, self.input_size)
+            z = torch.randn(len(x), self.cfg.z_dim, generator=generator, device=x.device)
+            return image_rows([unnormalize(self.generator(z)), unnormalize(x), unnormalize(self.generator(self.encode(x)))])
 
 
 __all__ = ["BiGAN", "Generator", "Discriminator"]

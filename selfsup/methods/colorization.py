@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from kornia.color import lab_to_rgb, rgb_to_lab
 
-from selfsup.augment import AugmentConfig, augment_unit
+from selfsup.augment import AugmentConfig, augment_unit, to_input
 from selfsup.config import ColorizationConfig
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch, Method
+from selfsup.methods.base import Batch, Method, eval_mode
 from selfsup.nets import Backbone
 
 AB_RANGE = 110.0
@@ -130,3 +131,13 @@ class Colorization(Method):
         per_pixel = -(target * F.log_softmax(out, dim=1)).sum(1)
         weight = self.weights[target.argmax(1)]
         return {"loss": (weight * per_pixel).mean()}
+
+    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+        """Rows: the grayscale input (L alone), the colours predicted for it, the true colours."""
+        from selfsup.report import image_rows, unnormalize  # matplotlib loads only when a picture is made
+
+        with torch.no_grad(), eval_mode(self):
+            rgb = unnormalize(to_input(images, self.aug.size))
+            lab = rgb_to_lab(rgb)
+            gray = lab_to_rgb(torch.cat([lab[:, :1], torch.zeros_like(lab[:, 1:])], 1), clip=True)
+            return image_rows([gray, self.colorize(lab), rgb])

@@ -9,18 +9,27 @@ by default) and are one of:
 - blocks: squares of side S/4 at random places, added until they cover the fraction;
 - regions: random blobs (smooth noise thresholded at the fraction), standing in for the paper's shapes
   taken from PASCAL segmentations, which are not available offline.
+
+With `adversarial` = w > 0 the loss is the paper's joint one, (1 - w) * reconstruction + w * adversarial
+(the paper: w = 0.001), which sharpens the fill. A discriminator (strided 4x4 convs with spectral norm, as
+BiGAN's) scores whole images: the original is real, the input with the predicted region pasted in is fake;
+losses are non-saturating BCE. As in BiGAN one optimizer step trains both sides: D's loss sees detached
+fakes and the encoder/decoder's adversarial term calls D with detached weights, so each net gets exactly
+the gradient of its own objective (D's loss enters unweighted).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
 
-from selfsup.augment import AugmentConfig
+from selfsup.augment import AugmentConfig, to_input
 from selfsup.config import InpaintingConfig
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch, Method
+from selfsup.methods.base import Batch, Method, call_frozen, eval_mode
 from selfsup.nets import Backbone
 
 MASKS = ("central", "blocks", "regions")
@@ -59,6 +68,22 @@ def erode(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return -F.max_pool2d(-mask, 2 * pixels + 1, stride=1, padding=pixels)
 
 
+class Discriminator(nn.Module):
+    """Image -> logit: strided 4x4 convs with spectral norm and LeakyReLU(0.2) down to 4x4, then a linear layer."""
+
+    def __init__(self, size: int, width: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, s = 3, size
+        while s > 4:
+            layers += [spectral_norm(nn.Conv2d(c, width, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+            c, s, width = width, s // 2, min(512, width * 2)
+        self.net = nn.Sequential(*layers, nn.Flatten(), spectral_norm(nn.Linear(c * s * s, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1).float()
+
+
 class ContextEncoder(Method):
     """Backbone as encoder + a transposed-conv decoder to full resolution, trained to inpaint."""
 
@@ -68,6 +93,8 @@ class ContextEncoder(Method):
             raise SelfSupError(f"inpainting.mask must be one of {', '.join(MASKS)}, got {cfg.mask!r}")
         if not 0 < cfg.mask_fraction < 1:
             raise SelfSupError(f"inpainting.mask_fraction must be between 0 and 1, got {cfg.mask_fraction}")
+        if not 0 <= cfg.adversarial < 1:
+            raise SelfSupError(f"inpainting.adversarial must be in [0, 1) (the paper: 0.001), got {cfg.adversarial}")
         self.backbone = backbone
         self.aug = aug
         self.cfg = cfg
@@ -85,6 +112,7 @@ class ContextEncoder(Method):
             raise SelfSupError(f"the {self.encoder_tap} map ({shape[-1]} px) does not double up to {input_size} px")
         layers.append(nn.Conv2d(cin, 3, 3, padding=1))
         self.decoder = nn.Sequential(*layers)
+        self.discriminator = Discriminator(input_size) if cfg.adversarial > 0 else None
 
     def masks(self, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(region to predict, region erased from the input): the second is the first minus its overlap rim."""
@@ -98,13 +126,37 @@ class ContextEncoder(Method):
         fmap = self.backbone.forward_taps(inp, [self.encoder_tap])[self.encoder_tap]
         return self.decoder(fmap).float()
 
+    def adversarial_losses(self, x: torch.Tensor, filled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D's loss on real x vs. detached fakes, the inpainter's loss through D's detached weights)."""
+        ones, zeros = torch.ones(len(x), device=x.device), torch.zeros(len(x), device=x.device)
+        d_loss = (F.binary_cross_entropy_with_logits(self.discriminator(x), ones)
+                  + F.binary_cross_entropy_with_logits(self.discriminator(filled.detach()), zeros))
+        g_loss = F.binary_cross_entropy_with_logits(call_frozen(self.discriminator, filled), ones)
+        return d_loss, g_loss
+
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = self.view(batch, self.aug).float()
         region, erased = self.masks(len(x), batch.generator, x.device)
         pred = self.inpaint(x, erased)
         weight = erased + self.cfg.overlap_weight * (region - erased)  # the rim counts 10x
-        loss = (weight * (pred - x) ** 2).sum() / (3 * region.sum()).clamp_min(1)
-        return {"loss": loss}
+        rec = (weight * (pred - x) ** 2).sum() / (3 * region.sum()).clamp_min(1)
+        if self.discriminator is None:
+            return {"loss": rec}
+        w = self.cfg.adversarial
+        d_loss, adv = self.adversarial_losses(x, x * (1 - region) + pred * region)
+        return {"loss": (1 - w) * rec + w * adv + d_loss, "rec_loss": rec.detach(), "adv_loss": adv.detach(),
+                "d_loss": d_loss.detach()}
+
+    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+        """Rows: the input (erased area grey), the prediction pasted into the region, the original."""
+        from selfsup.report import image_rows, unnormalize  # matplotlib loads only when a picture is made
+
+        with torch.no_grad(), eval_mode(self):
+            x = to_input(images, self.input_size)
+            region, erased = self.masks(len(x), generator, x.device)
+            pred = self.inpaint(x, erased)
+            filled = x * (1 - region) + pred * region
+            return image_rows([unnormalize(x) * (1 - erased) + 0.5 * erased, unnormalize(filled), unnormalize(x)])
 
 
-__all__ = ["ContextEncoder", "make_masks", "erode", "MASKS"]
+__all__ = ["ContextEncoder", "Discriminator", "make_masks", "erode", "MASKS"]

@@ -1,0 +1,281 @@
+"""`selfsup study single-image`: what one image teaches (Asano, Rupprecht, Vedaldi, ICLR 2020), as a grid.
+
+A study file names a grid of cells, method x training source, all on one backbone:
+- a source is `all` (the base config's whole data.source), an integer N (a seeded subset of N of its
+  images) or an image spec (`image:PATH`, `image:skimage/NAME`); fewer images than a batch are turned into
+  data.samples_per_epoch images per epoch by the data.single_image augmentation;
+- baselines: `random` (the backbone at its initialisation) and `supervised` (trained on `all` with labels).
+Every cell is probed on every layer of its backbone (linear probes on frozen, pooled taps) with the same
+labelled eval split, plus weighted kNN on the final representation. Each cell is an ordinary run directory
+under STUDY/cells/; a cell whose probes are saved is reused, one with a checkpoint is resumed, so an
+interrupted study picks up where it stopped. A cell run with another config is not overwritten without --force.
+
+The study file (YAML):
+    methods: [rotnet, bigan]                    # pretraining methods
+    sources: [all, image:skimage/astronaut]     # training sources, one grid column per entry
+    baselines: [random, supervised]             # optional
+    base: {...}                                 # the config every cell starts from
+    overrides: {rotnet: {...}, bigan: {...}}    # per-method config on top of base
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from selfsup.augment import synthesize
+from selfsup.config import Config, config_to_dict, load_config, update_config
+from selfsup.data import load_source
+from selfsup.data.sources import subset
+from selfsup.distributed import pick_device
+from selfsup.errors import SelfSupError
+from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
+from selfsup.methods import LABELLING, METHODS
+from selfsup.nets import Backbone, build_backbone
+from selfsup.report import filter_grid, image_rows, plot_study, study_table
+from selfsup.train import CHECKPOINT, load_backbone, load_checkpoint, pretrain
+
+STUDY_KEYS = ("methods", "sources", "baselines", "base", "overrides")
+BASELINES = ("random", "supervised")
+PROBES = "probes.json"
+
+
+@dataclass
+class Cell:
+    """One grid cell: a method (or baseline) trained on one source."""
+
+    method: str  # a pretraining method, or "random" / "supervised"
+    source: str  # "all", "N" or an image spec
+    config: Config
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}__{source_slug(self.source)}"
+
+    @property
+    def label(self) -> str:
+        return "random init" if self.method == "random" else f"{self.method} · {source_label(self.source)}"
+
+
+def source_slug(source: str) -> str:
+    """A directory-safe name for a source: all, n10, astronaut (image:skimage/astronaut), photo (image:a/photo.jpg)."""
+    if source == "all" or source.isdigit():
+        return source if source == "all" else f"n{source}"
+    return Path(source.split(":", 1)[1]).stem
+
+
+def source_label(source: str) -> str:
+    if source == "all":
+        return "all images"
+    if source.isdigit():
+        return f"{source} image{'s' if source != '1' else ''}"
+    return f"1 image ({source_slug(source)})"
+
+
+@dataclass
+class Study:
+    methods: list[str]
+    sources: list[str]
+    baselines: list[str]
+    base: dict
+    overrides: dict
+
+    def cell_config(self, method: str, source: str) -> Config:
+        """base, then the method's overrides, then what the source needs."""
+        cfg = load_config(overrides=self.base)
+        update_config(cfg, self.overrides.get(method, {}))
+        cfg.method = "rotnet" if method == "random" else method  # random init: any method builds the same backbone
+        if method in LABELLING and source == "all":
+            cfg.data.samples_per_epoch = None  # they keep a label per image: epochs over the real images, no resampling
+        if source.isdigit():
+            cfg.data.num_images = int(source)
+        elif source != "all":
+            cfg.data.source = source
+            cfg.data.num_images = None
+        return cfg
+
+    def cells(self) -> list[Cell]:
+        grid = [Cell(m, s, self.cell_config(m, s)) for m in self.methods for s in self.sources]
+        grid += [Cell(b, "all", self.cell_config(b, "all")) for b in self.baselines]
+        return grid
+
+
+def load_study(path: str | Path, methods: list[str] | None = None, sources: list[str] | None = None) -> Study:
+    """Read and check a study file; `methods` / `sources` replace the file's lists when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfSupError(f"study file {path} does not exist; give a YAML file such as recipes/single_image_cpu.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SelfSupError(f"study file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return make_study(data, methods, sources, where=str(path))
+
+
+def make_study(data: dict, methods: list[str] | None = None, sources: list[str] | None = None, where: str = "study") -> Study:
+    if not isinstance(data, dict) or set(data) - set(STUDY_KEYS):
+        extra = sorted(set(data) - set(STUDY_KEYS)) if isinstance(data, dict) else data
+        raise SelfSupError(f"{where}: unknown study keys {extra}; a study file has {', '.join(STUDY_KEYS)}")
+    study = Study([str(m) for m in (methods or data.get("methods") or [])],
+                  [str(s) for s in (sources or data.get("sources") or [])],
+                  [str(b) for b in data.get("baselines") or []], data.get("base") or {}, data.get("overrides") or {})
+    if not study.methods or not study.sources:
+        raise SelfSupError(f"{where}: a study needs at least one method and one source")
+    for m in study.methods:
+        if m not in METHODS or m == "supervised":
+            raise SelfSupError(f"{where}: unknown study method {m!r}; use pretraining methods from {', '.join(k for k in METHODS if k != 'supervised')}")
+    for b in study.baselines:
+        if b not in BASELINES:
+            raise SelfSupError(f"{where}: unknown baseline {b!r}; use {' or '.join(BASELINES)}")
+    for s in study.sources:
+        if not (s == "all" or (s.isdigit() and int(s) > 0) or s.startswith("image:")):
+            raise SelfSupError(f"{where}: source {s!r} must be all, a number of images, or image:PATH / image:skimage/NAME")
+    for m in study.overrides:
+        if m not in study.methods and m not in study.baselines and m not in METHODS:
+            raise SelfSupError(f"{where}: overrides for {m!r}, which is neither a method nor a baseline")
+    study.cells()  # every cell's config must build: fail now, not an hour in
+    return study
+
+
+def _same_config(saved: dict, cfg: Config) -> bool:
+    return config_to_dict(load_config(overrides=saved)) == config_to_dict(cfg)
+
+
+def _random_backbone(cfg: Config) -> Backbone:
+    torch.manual_seed(cfg.seed)  # as pretrain does before building the method: the runs' own starting point
+    m = cfg.model
+    return build_backbone(m.backbone, m.cifar_stem, m.input_size, m.bn, m.dropout, m.width).eval()
+
+
+def run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bool, progress: bool = True) -> dict:
+    """Train (or resume) the cell's run, probe every layer, save probes.json; reuse a finished cell."""
+    saved = cell_dir / PROBES
+    if saved.is_file() and not force:
+        result = json.loads(saved.read_text())
+        if _same_config(result["config"], cell.config):
+            return result
+    if cell_dir.exists() and any(cell_dir.iterdir()) and not force:
+        ckpt = cell_dir / CHECKPOINT
+        if not ckpt.is_file() or not _same_config(load_checkpoint(cell_dir)["config"], cell.config):
+            raise SelfSupError(f"{cell_dir} holds a run with another config than cell {cell.name}; pass --force to redo it")
+    cfg = cell.config
+    t0 = time.time()
+    if cell.method == "random":
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        backbone, train = _random_backbone(cfg).to(device), {}
+    else:
+        resume = (cell_dir / CHECKPOINT).is_file() and not force
+        if not resume or load_checkpoint(cell_dir)["epoch"] < cfg.epochs:
+            pretrain(cfg, cell_dir, resume=resume, force=force, progress=progress)
+        lines = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()]
+        train = {"epochs": lines[-1]["epoch"], "train_minutes": round(sum(x["epoch_seconds"] for x in lines) / 60, 2),
+                 "final_loss": round(lines[-1]["loss"], 4)}
+        backbone = load_backbone(cell_dir, device)[0].backbone
+    torch.manual_seed(cfg.seed)
+    linear = linear_probes(tap_features(backbone, cfg, device, None, splits), cfg, device)  # every tap
+    knn = run_knn(backbone, cfg, device, splits)
+    result = {"cell": cell.name, "label": cell.label, "method": cell.method, "source": cell.source,
+              "linear": {k: round(v, 2) for k, v in linear.items()}, "knn": round(knn, 2), **train,
+              "probe_minutes": round((time.time() - t0) / 60 - train.get("train_minutes", 0), 2),
+              "config": config_to_dict(cfg)}
+    np.save(cell_dir / "conv1_filters.npy", _first_conv(backbone).detach().cpu().numpy())
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(saved)
+    return result
+
+
+def _first_conv(backbone: Backbone) -> torch.Tensor:
+    return next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight
+
+
+def source_picture(cells: list[Cell], per_source: int = 8) -> np.ndarray | None:
+    """Each non-`all` training source (up to 4 of its images) and `per_source` of the images made from it."""
+    rows = []
+    for cell in cells:
+        if cell.source == "all" or any(r[0] == cell.source for r in rows):
+            continue
+        cfg = cell.config
+        data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, cfg.data.download, cfg.data.size)
+        if cfg.data.num_images:
+            data = subset(data, cfg.data.num_images, cfg.seed)
+        images = torch.from_numpy(np.array(data.images))
+        made = synthesize(images, cfg.data.single_image, torch.Generator().manual_seed(cfg.seed), per_source)
+        size = made.shape[1]
+        shown = torch.nn.functional.interpolate(images[:4].permute(0, 3, 1, 2).float() / 255, size=(size, size),
+                                                mode="area" if images.shape[1] > size else "nearest")
+        rows.append((cell.source, torch.cat([shown, made.permute(0, 3, 1, 2).float() / 255])))
+    if not rows:
+        return None
+    width = max(len(r[1]) for r in rows)
+    return image_rows([torch.cat([r, torch.ones(width - len(r), *r.shape[1:])]) for _, r in rows])
+
+
+def run_study(study: Study, out: Path, force: bool = False, device: str = "auto", progress: bool = True,
+              command: str = "") -> dict:
+    """Run (or resume) every cell, then write report.md, layers.png, filters.png and sources.png into out."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = study.cells()
+    dev = pick_device(device)
+    splits = eval_splits(cells[0].config)
+    results = {}
+    t0 = time.time()
+    for i, cell in enumerate(cells):
+        if progress:
+            print(f"[{i + 1}/{len(cells)}] {cell.name}", flush=True)
+        results[cell.name] = run_cell(cell, out / "cells" / cell.name, splits, dev, force, progress)
+    write_study_report(study, results, out, command, minutes=(time.time() - t0) / 60, device=str(dev))
+    (out / "results.json").write_text(json.dumps({k: {x: v for x, v in r.items() if x != "config"}
+                                                  for k, r in results.items()}, indent=2))
+    return results
+
+
+def write_study_report(study: Study, results: dict, out: Path, command: str = "", minutes: float | None = None,
+                       device: str = "") -> Path:
+    """report.md with the per-layer table and the three pictures, from the cells' probe results."""
+    cells = study.cells()
+    rows = {results[c.name]["label"]: results[c.name] for c in cells if c.name in results}
+    plot_study(rows, study.methods, out / "layers.png")
+    filter_grid({label: np.load(out / "cells" / r["cell"] / "conv1_filters.npy") for label, r in rows.items()},
+                out / "filters.png")
+    sources = source_picture(cells)
+    if sources is not None:
+        from PIL import Image
+
+        Image.fromarray(sources).save(out / "sources.png")
+    cfg = cells[0].config
+    splits = eval_splits(cfg)
+    e = cfg.eval
+    lines = [
+        "# What a single image teaches",
+        "",
+        f"Backbone `{cfg.model.backbone}` (width {cfg.model.width}) at {cfg.model.input_size} px, the same for every cell. "
+        f"Linear probes on every conv layer, each average-pooled to about {e.probe_dims} dimensions "
+        f"({e.probe_epochs} epochs of AdamW), and weighted kNN (k={e.knn_k}) on the final representation; trained and "
+        f"tested on {e.source or cfg.data.source} ({len(splits[0])} train / {len(splits[1])} test images).",
+        "",
+        f"Run on {date.today().isoformat()}{', device ' + device if device else ''}"
+        + (f"; this invocation took {minutes:.1f} min (reused cells cost nothing)." if minutes is not None else "."),
+        "",
+    ]
+    if command:
+        lines += ["Command:", "", f"    {command}", ""]
+    lines += ["Top-1 (%) per layer:", "", study_table(rows), "", "![accuracy vs layer](layers.png)", "",
+              "conv1 filters of each cell:", "", "![conv1 filters](filters.png)", ""]
+    if sources is not None:
+        lines += ["Each training source (first column(s)) and images made from it by the single-image augmentation:",
+                  "", "![sources](sources.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+__all__ = ["Study", "Cell", "load_study", "make_study", "run_study", "run_cell", "write_study_report", "source_slug"]

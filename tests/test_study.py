@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.errors import SelfSupError
+from selfsup.study import make_study, run_study, source_slug, write_study_report
+
+BASE = {"epochs": 1, "batch_size": 32, "log_every": 2,
+        "data": {"source": "digits", "size": 16, "samples_per_epoch": 64},
+        "model": {"backbone": "alexnet_small", "width": 0.125, "input_size": 16},
+        "augment": {"size": 16},
+        "eval": {"source": "digits", "size": 16, "knn_every": 0, "probe_dims": 64, "probe_epochs": 1}}
+
+
+def _study(**kw):
+    spec = {"methods": ["rotnet"], "sources": ["all", "image:skimage/astronaut"], "baselines": ["random"], "base": BASE}
+    spec.update(kw)
+    return make_study(spec)
+
+
+def test_cells_and_their_configs():
+    study = _study(sources=["all", "2", "image:skimage/coffee"], baselines=["random", "supervised"],
+                   overrides={"supervised": {"epochs": 3}})
+    cells = {c.name: c for c in study.cells()}
+    assert list(cells) == ["rotnet__all", "rotnet__n2", "rotnet__coffee", "random__all", "supervised__all"]
+    assert cells["rotnet__n2"].config.data.num_images == 2 and cells["rotnet__n2"].config.data.source == "digits"
+    assert cells["rotnet__coffee"].config.data.source == "image:skimage/coffee"
+    assert cells["rotnet__all"].config.data.samples_per_epoch == 64
+    # supervised keeps a label per image: it trains on real epochs, with its own overrides
+    assert cells["supervised__all"].config.data.samples_per_epoch is None and cells["supervised__all"].config.epochs == 3
+    assert source_slug("image:photos/beach.jpg") == "beach"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"methods": ["rotnet"], "sources": ["all"], "extra": 1}, "unknown study keys"),
+    ({"methods": ["nope"], "sources": ["all"]}, "unknown study method"),
+    ({"methods": ["supervised"], "sources": ["all"]}, "unknown study method"),
+    ({"methods": ["rotnet"], "sources": ["half"]}, "source 'half'"),
+    ({"methods": ["rotnet"], "sources": ["all"], "baselines": ["imagenet"]}, "unknown baseline"),
+    ({"methods": ["rotnet"], "sources": []}, "at least one method"),
+    ({"methods": ["rotnet"], "sources": ["all"], "base": {"epochz": 1}}, "unknown config key"),
+])
+def test_bad_study_files_fail_with_one_line(spec, message):
+    with pytest.raises(SelfSupError, match=message):
+        make_study(spec)
+
+
+def test_study_resumes_without_redoing_finished_cells(tmp_path):
+    study = _study()
+    first = run_study(study, tmp_path, progress=False)
+    assert set(first) == {"rotnet__all", "rotnet__astronaut", "random__all"}
+    for r in first.values():
+        assert list(r["linear"]) == ["conv1", "conv2", "conv3", "conv4", "conv5"] and 0 <= r["knn"] <= 100
+    ckpt = tmp_path / "cells" / "rotnet__all" / "checkpoint.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    random_probes = (tmp_path / "cells" / "random__all" / "probes.json").stat().st_mtime_ns
+    (tmp_path / "cells" / "rotnet__all" / "probes.json").unlink()  # interrupted while probing
+    second = run_study(study, tmp_path, progress=False)
+    assert ckpt.stat().st_mtime_ns == stamp  # probed again, not retrained
+    assert second["rotnet__all"]["linear"] == first["rotnet__all"]["linear"]
+    assert (tmp_path / "cells" / "random__all" / "probes.json").stat().st_mtime_ns == random_probes  # reused
+
+
+def test_interrupted_cell_resumes_and_other_configs_need_force(tmp_path):
+    one_epoch = _study(sources=["image:skimage/astronaut"], baselines=[])
+    run_study(one_epoch, tmp_path, progress=False)
+    cell = tmp_path / "cells" / "rotnet__astronaut"
+    two_epochs = _study(sources=["image:skimage/astronaut"], baselines=[], overrides={"rotnet": {"epochs": 2}})
+    with pytest.raises(SelfSupError, match="another config"):
+        run_study(two_epochs, tmp_path, progress=False)  # a finished 1-epoch run is not silently replaced
+    # As if the cell had been started with 2 epochs and stopped after the first: its checkpoint says so.
+    (cell / "probes.json").unlink()
+    state = torch.load(cell / "checkpoint.pt", weights_only=True)
+    state["config"]["epochs"] = 2
+    torch.save(state, cell / "checkpoint.pt")
+    result = run_study(two_epochs, tmp_path, progress=False)["rotnet__astronaut"]
+    epochs = [json.loads(line)["epoch"] for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2] and result["epochs"] == 2  # continued from epoch 1, not restarted
+    forced = run_study(one_epoch, tmp_path, force=True, progress=False)["rotnet__astronaut"]
+    assert forced["epochs"] == 1
+    assert [json.loads(x)["epoch"] for x in (cell / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_report_from_a_fake_grid(tmp_path):
+    study = _study(sources=["all", "image:skimage/astronaut"], baselines=["random"])
+    results = {}
+    rng = np.random.default_rng(0)
+    for i, cell in enumerate(study.cells()):
+        (tmp_path / "cells" / cell.name).mkdir(parents=True)
+        np.save(tmp_path / "cells" / cell.name / "conv1_filters.npy", rng.normal(size=(12, 3, 5, 5)).astype(np.float32))
+        results[cell.name] = {"cell": cell.name, "label": cell.label, "method": cell.method, "source": cell.source,
+                              "linear": {f"conv{j}": 50.0 + i + j for j in range(1, 6)}, "knn": 40.0 + i}
+    report = write_study_report(study, results, tmp_path, command="selfsup study single-image fake.yaml").read_text()
+    assert "| rotnet · all images | 51.0 | 52.0 | 53.0 | 54.0 | 55.0 | 40.0 |" in report
+    assert "| rotnet · 1 image (astronaut) | 52.0 |" in report and "| random init | 53.0 |" in report
+    assert "selfsup study single-image fake.yaml" in report
+    for png in ("layers.png", "filters.png", "sources.png"):
+        assert (tmp_path / png).stat().st_size > 2000
