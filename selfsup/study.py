@@ -144,8 +144,10 @@ def make_study(data: dict, methods: list[str] | None = None, sources: list[str] 
     return study
 
 
-def _same_config(saved: dict, cfg: Config) -> bool:
-    return config_to_dict(load_config(overrides=saved)) == config_to_dict(cfg)
+def _same_config(saved: dict, cfg: Config, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether a saved config dict is cfg (leaving out the `ignore` sections)."""
+    a, b = config_to_dict(load_config(overrides=saved)), config_to_dict(cfg)
+    return all(a[k] == b[k] for k in a if k not in ignore)
 
 
 def _random_backbone(cfg: Config) -> Backbone:
@@ -156,34 +158,37 @@ def _random_backbone(cfg: Config) -> Backbone:
 
 def run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bool, progress: bool = True) -> dict:
     """Train (or resume) the cell's run, probe every layer, save probes.json; reuse a finished cell."""
-    saved = cell_dir / PROBES
-    if saved.is_file() and not force:
-        result = json.loads(saved.read_text())
-        if _same_config(result["config"], cell.config):
-            return result
-    if cell_dir.exists() and any(cell_dir.iterdir()) and not force:
-        ckpt = cell_dir / CHECKPOINT
-        if not ckpt.is_file() or not _same_config(load_checkpoint(cell_dir)["config"], cell.config):
-            raise SelfSupError(f"{cell_dir} holds a run with another config than cell {cell.name}; pass --force to redo it")
+    saved, ckpt = cell_dir / PROBES, cell_dir / CHECKPOINT
     cfg = cell.config
-    t0 = time.time()
+    if not force:
+        if saved.is_file():
+            result = json.loads(saved.read_text())
+            if _same_config(result["config"], cfg):
+                return result
+            if not ckpt.is_file():
+                raise SelfSupError(f"{cell_dir} holds results for another config than cell {cell.name}; pass --force to redo it")
+        # Training is reused when all but the eval section matches: a new probe setting re-probes, it does not retrain.
+        if ckpt.is_file() and not _same_config(load_checkpoint(cell_dir)["config"], cfg, ignore=("eval",)):
+            raise SelfSupError(f"{cell_dir} holds a run with another config than cell {cell.name}; pass --force to redo it")
     if cell.method == "random":
         cell_dir.mkdir(parents=True, exist_ok=True)
         backbone, train = _random_backbone(cfg).to(device), {}
     else:
-        resume = (cell_dir / CHECKPOINT).is_file() and not force
+        resume = ckpt.is_file() and not force
         if not resume or load_checkpoint(cell_dir)["epoch"] < cfg.epochs:
-            pretrain(cfg, cell_dir, resume=resume, force=force, progress=progress)
+            # Without a checkpoint the directory holds at most a partial first epoch: starting over loses nothing.
+            pretrain(cfg, cell_dir, resume=resume, force=not resume, progress=progress)
         lines = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()]
         train = {"epochs": lines[-1]["epoch"], "train_minutes": round(sum(x["epoch_seconds"] for x in lines) / 60, 2),
                  "final_loss": round(lines[-1]["loss"], 4)}
         backbone = load_backbone(cell_dir, device)[0].backbone
+    t0 = time.time()
     torch.manual_seed(cfg.seed)
     linear = linear_probes(tap_features(backbone, cfg, device, None, splits), cfg, device)  # every tap
     knn = run_knn(backbone, cfg, device, splits)
     result = {"cell": cell.name, "label": cell.label, "method": cell.method, "source": cell.source,
               "linear": {k: round(v, 2) for k, v in linear.items()}, "knn": round(knn, 2), **train,
-              "probe_minutes": round((time.time() - t0) / 60 - train.get("train_minutes", 0), 2),
+              "probe_minutes": round((time.time() - t0) / 60, 2),
               "config": config_to_dict(cfg)}
     np.save(cell_dir / "conv1_filters.npy", _first_conv(backbone).detach().cpu().numpy())
     tmp = saved.with_suffix(".tmp")

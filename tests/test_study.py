@@ -98,3 +98,21 @@ def test_report_from_a_fake_grid(tmp_path):
     assert "selfsup study single-image fake.yaml" in report
     for png in ("layers.png", "filters.png", "sources.png"):
         assert (tmp_path / png).stat().st_size > 2000
+
+
+def test_new_probe_settings_reprobe_without_retraining(tmp_path):
+    run_study(_study(sources=["all"], baselines=[]), tmp_path, progress=False)
+    ckpt = tmp_path / "cells" / "rotnet__all" / "checkpoint.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    base = {**BASE, "eval": {**BASE["eval"], "probe_epochs": 2}}
+    result = run_study(_study(sources=["all"], baselines=[], base=base), tmp_path, progress=False)["rotnet__all"]
+    assert ckpt.stat().st_mtime_ns == stamp and result["config"]["eval"]["probe_epochs"] == 2
+    assert result["probe_minutes"] >= 0
+
+
+def test_cell_without_checkpoint_starts_over(tmp_path):
+    cell = tmp_path / "cells" / "rotnet__all"
+    cell.mkdir(parents=True)
+    (cell / "config.yaml").write_text("epochs: 1\n")  # a run stopped before its first checkpoint
+    result = run_study(_study(sources=["all"], baselines=[]), tmp_path, progress=False)["rotnet__all"]
+    assert result["epochs"] == 1 and (cell / "checkpoint.pt").is_file()
