@@ -287,6 +287,20 @@ def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
     return _merge(cfg, parse_overrides(pairs))
 
 
+def read_yaml(path: str | Path, what: str = "recipe", example: str = "recipes/simclr_cifar10.yaml") -> dict:
+    """A YAML file that must hold a mapping; a missing file or bad YAML is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfSupError(f"{what} {path} does not exist; give a YAML file such as {example}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SelfSupError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SelfSupError(f"{what} {path} must be a mapping of keys")
+    return data
+
+
 def update_config(cfg: Config, updates: dict) -> Config:
     """Merge a nested dict of config keys into cfg (checked and coerced like a recipe)."""
     return _merge(cfg, updates)
@@ -296,16 +310,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | 
     """Defaults, then the recipe YAML, then the overrides."""
     cfg = Config()
     if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise SelfSupError(f"recipe {path} does not exist; give a YAML file such as recipes/simclr_cifar10.yaml")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SelfSupError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise SelfSupError(f"recipe {path} must be a mapping of config keys")
-        _merge(cfg, data)
+        _merge(cfg, read_yaml(recipe, "recipe", "recipes/simclr_cifar10.yaml"))
     if overrides:
         _merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     return cfg

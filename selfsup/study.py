@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from selfsup.augment import synthesize
-from selfsup.config import Config, config_to_dict, load_config, update_config
+from selfsup.config import Config, config_to_dict, load_config, read_yaml, update_config
 from selfsup.data import load_source
 from selfsup.data.sources import subset
 from selfsup.distributed import pick_device
@@ -109,13 +108,7 @@ class Study:
 
 def load_study(path: str | Path, methods: list[str] | None = None, sources: list[str] | None = None) -> Study:
     """Read and check a study file; `methods` / `sources` replace the file's lists when given."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelfSupError(f"study file {path} does not exist; give a YAML file such as recipes/single_image_cpu.yaml")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SelfSupError(f"study file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(path, "study file", "recipes/single_image_cpu.yaml")
     return make_study(data, methods, sources, where=str(path))
 
 

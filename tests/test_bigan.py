@@ -10,6 +10,8 @@ from selfsup.config import load_config
 from selfsup.methods import build_method
 from selfsup.methods.base import Batch
 
+from fitting import fit
+
 
 def _bigan(size=16):
     cfg = load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": size},
@@ -61,15 +63,7 @@ def test_each_net_gets_the_gradient_of_its_own_objective():
 def test_bigan_trains_and_the_discriminator_learns_on_a_tiny_set():
     m = _bigan()
     images = torch.randint(0, 256, (64, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    opt = torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    gen = torch.Generator().manual_seed(2)
-    history = []
-    for _ in range(30):
-        out = m(Batch(images, torch.arange(64), gen))
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        history.append(out)
+    history = fit(m, images, 30, torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)), seed=2)
     assert all(torch.isfinite(h["loss"]) for h in history)
     # Early on D beats chance at telling (x, E(x)) from (G(z), z): the adversarial game is being played.
     assert max(h["d_accuracy"].item() for h in history[:15]) > 0.6

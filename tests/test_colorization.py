@@ -10,6 +10,8 @@ from selfsup.methods import build_method
 from selfsup.methods.base import Batch
 from selfsup.methods.colorization import annealed_mean, gamut_bins, rebalancing_weights, soft_encode
 
+from fitting import fit
+
 
 def test_lab_round_trips():
     rgb = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -79,15 +81,7 @@ def test_colorization_learns_to_paint_on_a_tiny_set(loss):
     method = build_method(cfg, 64)
     images = _discs(64, 0)
     method.on_train_start(images)
-    opt = torch.optim.Adam(method.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(1)
-    losses = []
-    for _ in range(60):
-        loss_value = method(Batch(images, torch.arange(64), gen))["loss"]
-        opt.zero_grad()
-        loss_value.backward()
-        opt.step()
-        losses.append(loss_value.item())
+    losses = [h["loss"].item() for h in fit(method, images, 60, torch.optim.Adam(method.parameters(), lr=3e-3))]
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     test = _discs(16, 7)
     lab = rgb_to_lab(test.permute(0, 3, 1, 2).float() / 255)

@@ -10,6 +10,8 @@ from selfsup.methods import build_method
 from selfsup.methods.base import Batch
 from selfsup.methods.inpainting import MASKS, erode, make_masks
 
+from fitting import fit
+
 
 @pytest.mark.parametrize("kind", MASKS)
 def test_masks_cover_the_stated_area(kind):
@@ -57,15 +59,7 @@ def test_context_encoder_fills_the_hole_better_than_the_mean():
     torch.manual_seed(0)
     method = build_method(cfg, 64)
     images = _stripes(64, 0)
-    opt = torch.optim.Adam(method.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(1)
-    losses = []
-    for _ in range(60):
-        loss = method(Batch(images, torch.arange(64), gen))["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = [h["loss"].item() for h in fit(method, images, 60, torch.optim.Adam(method.parameters(), lr=3e-3))]
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     method.eval()
     x = method.view(Batch(_stripes(16, 5), torch.arange(16), torch.Generator().manual_seed(2)), method.aug)

@@ -116,3 +116,14 @@ def test_cell_without_checkpoint_starts_over(tmp_path):
     (cell / "config.yaml").write_text("epochs: 1\n")  # a run stopped before its first checkpoint
     result = run_study(_study(sources=["all"], baselines=[]), tmp_path, progress=False)["rotnet__all"]
     assert result["epochs"] == 1 and (cell / "checkpoint.pt").is_file()
+
+
+def test_cli_study_errors_are_one_line(tmp_path, capsys):
+    from selfsup.cli import main
+
+    assert main(["study", "single-image", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"selfsup: error: study file {tmp_path / 'missing.yaml'} does not exist; give a YAML file such as recipes/single_image_cpu.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [rotnet]\nsources: [all]\nbase: {epochs: 1}\n")
+    assert main(["study", "single-image", str(bad), "--methods", "rotnet,nope"]) == 2
+    assert "unknown study method 'nope'" in capsys.readouterr().err
