@@ -224,20 +224,28 @@ def run_study(study: Study, out: Path, force: bool = False, device: str = "auto"
     cells = study.cells()
     dev = pick_device(device)
     splits = eval_splits(cells[0].config)
-    results = {}
+    results, failed = {}, {}
     t0 = time.time()
     for i, cell in enumerate(cells):
         if progress:
             print(f"[{i + 1}/{len(cells)}] {cell.name}", flush=True)
-        results[cell.name] = run_cell(cell, out / "cells" / cell.name, splits, dev, force, progress)
-    write_study_report(study, results, out, command, minutes=(time.time() - t0) / 60, device=str(dev))
-    (out / "results.json").write_text(json.dumps({k: {x: v for x, v in r.items() if x != "config"}
-                                                  for k, r in results.items()}, indent=2))
+        try:
+            results[cell.name] = run_cell(cell, out / "cells" / cell.name, splits, dev, force, progress)
+        except SelfSupError as e:  # one bad cell (a diverging run, a config clash) must not cost the others
+            failed[cell.name] = str(e)
+            print(f"cell {cell.name} failed: {e}", flush=True)
+    if results:
+        write_study_report(study, results, out, command, minutes=(time.time() - t0) / 60, device=str(dev), failed=failed)
+        (out / "results.json").write_text(json.dumps({k: {x: v for x, v in r.items() if x != "config"}
+                                                      for k, r in results.items()}, indent=2))
+    if failed:
+        raise SelfSupError(f"{len(failed)} of {len(cells)} cells failed ({', '.join(failed)}); the others are in {out}; "
+                           "fix the config and run again to redo just those")
     return results
 
 
 def write_study_report(study: Study, results: dict, out: Path, command: str = "", minutes: float | None = None,
-                       device: str = "") -> Path:
+                       device: str = "", failed: dict[str, str] | None = None) -> Path:
     """report.md with the per-layer table and the three pictures, from the cells' probe results."""
     cells = study.cells()
     rows = {results[c.name]["label"]: results[c.name] for c in cells if c.name in results}
@@ -266,6 +274,8 @@ def write_study_report(study: Study, results: dict, out: Path, command: str = ""
     ]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
+    if failed:
+        lines += ["Cells that failed (left out below):", "", *[f"- {name}: {why}" for name, why in failed.items()], ""]
     lines += ["Top-1 (%) per layer:", "", study_table(rows), "", "![accuracy vs layer](layers.png)", "",
               "conv1 filters of each cell:", "", "![conv1 filters](filters.png)", ""]
     if sources is not None:

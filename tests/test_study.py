@@ -68,7 +68,7 @@ def test_interrupted_cell_resumes_and_other_configs_need_force(tmp_path):
     run_study(one_epoch, tmp_path, progress=False)
     cell = tmp_path / "cells" / "rotnet__astronaut"
     two_epochs = _study(sources=["image:skimage/astronaut"], baselines=[], overrides={"rotnet": {"epochs": 2}})
-    with pytest.raises(SelfSupError, match="another config"):
+    with pytest.raises(SelfSupError, match="1 of 1 cells failed"):
         run_study(two_epochs, tmp_path, progress=False)  # a finished 1-epoch run is not silently replaced
     # As if the cell had been started with 2 epochs and stopped after the first: its checkpoint says so.
     (cell / "probes.json").unlink()
@@ -127,3 +127,13 @@ def test_cli_study_errors_are_one_line(tmp_path, capsys):
     bad.write_text("methods: [rotnet]\nsources: [all]\nbase: {epochs: 1}\n")
     assert main(["study", "single-image", str(bad), "--methods", "rotnet,nope"]) == 2
     assert "unknown study method 'nope'" in capsys.readouterr().err
+
+
+def test_a_failed_cell_does_not_stop_the_others(tmp_path):
+    run_study(_study(sources=["all"], baselines=[]), tmp_path, progress=False)
+    clash = _study(sources=["all", "image:skimage/astronaut"], overrides={"rotnet": {"optim": {"lr": 0.05}}}, baselines=["random"])
+    with pytest.raises(SelfSupError, match=r"1 of 3 cells failed \(rotnet__all\)"):
+        run_study(clash, tmp_path, progress=False)  # rotnet__all was trained with lr 0.1: kept, reported as failed
+    assert (tmp_path / "cells" / "rotnet__astronaut" / "probes.json").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert "- rotnet__all: " in report and "another config" in report and "| random init |" in report
