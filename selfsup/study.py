@@ -9,6 +9,7 @@ Every cell is probed on every layer of its backbone (linear probes on frozen, po
 labelled eval split, plus weighted kNN on the final representation. Each cell is an ordinary run directory
 under STUDY/cells/; a cell whose probes are saved is reused, one with a checkpoint is resumed, so an
 interrupted study picks up where it stopped. A cell run with another config is not overwritten without --force.
+A cell that fails (a diverging run, such a config clash) is listed in the report and the others still run.
 
 The study file (YAML):
     methods: [rotnet, bigan]                    # pretraining methods
@@ -80,6 +81,8 @@ def source_label(source: str) -> str:
 
 @dataclass
 class Study:
+    """A checked study file: the grid's methods and sources, its baselines, and the configs to build cells from."""
+
     methods: list[str]
     sources: list[str]
     baselines: list[str]
