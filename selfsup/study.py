@@ -272,7 +272,9 @@ def write_study_report(study: Study, results: dict, out: Path, command: str = ""
         f"tested on {e.source or cfg.data.source} ({len(splits[0])} train / {len(splits[1])} test images).",
         "",
         f"Run on {date.today().isoformat()}{', device ' + device if device else ''}"
-        + (f"; this invocation took {minutes:.1f} min (reused cells cost nothing)." if minutes is not None else "."),
+        + (f"; this invocation took {minutes:.1f} min (reused cells cost nothing)." if minutes is not None else ".")
+        + f" Summed over the cells: {sum(r.get('train_minutes', 0) for r in rows.values()):.1f} min of training and "
+        f"{sum(r.get('probe_minutes', 0) for r in rows.values()):.1f} min of probing.",
         "",
     ]
     if command:
