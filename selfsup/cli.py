@@ -175,7 +175,8 @@ def _study(args) -> None:
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     study = load_study(args.study, split(args.methods), split(args.sources))
     out = Path(args.out) if args.out else Path("runs") / Path(args.study).stem
-    command = "selfsup study single-image " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else ""
+    flags = [f"--{k} {v}" for k, v in (("methods", args.methods), ("sources", args.sources), ("out", args.out)) if v]
+    command = " ".join(["selfsup study single-image", args.study, *flags])
     results = run_study(study, out, force=args.force, device=args.device, command=command)
     print(json.dumps({name: {"linear": r["linear"], "knn": r["knn"]} for name, r in results.items()}))
     print(f"report: {out / 'report.md'}")

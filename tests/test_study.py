@@ -137,3 +137,16 @@ def test_a_failed_cell_does_not_stop_the_others(tmp_path):
     assert (tmp_path / "cells" / "rotnet__astronaut" / "probes.json").is_file()
     report = (tmp_path / "report.md").read_text()
     assert "- rotnet__all: " in report and "another config" in report and "| random init |" in report
+
+
+def test_cli_runs_a_study_and_names_its_command(tmp_path, capsys):
+    import yaml
+
+    from selfsup.cli import main
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({"methods": ["rotnet"], "sources": ["all"], "base": BASE}))
+    out = tmp_path / "study"
+    assert main(["study", "single-image", str(spec), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-2])["rotnet__all"]["knn"] >= 0
+    assert f"selfsup study single-image {spec} --out {out}" in (out / "report.md").read_text()
