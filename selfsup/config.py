@@ -153,6 +153,7 @@ class BiGANConfig:
     z_dim: int = 128
     generator_width: int = 256
     discriminator_width: int = 64
+    stochastic_encoder: bool = False  # E gives a mean and a log-std and z is drawn from them (as ALI does)
 
 
 @dataclass

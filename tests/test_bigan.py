@@ -86,3 +86,23 @@ def test_sample_grid_shows_samples_reals_and_reconstructions():
     assert m.training  # the previous mode is restored
     np.testing.assert_array_equal(grid[36:68, :32], images[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy())
     np.testing.assert_array_equal(grid, m.sample_grid(images, torch.Generator().manual_seed(0)))  # seeded
+
+
+def test_stochastic_encoder_draws_around_its_mean():
+    cfg = load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": 16},
+                                 "augment": {"size": 16}, "bigan": {"z_dim": 8, "generator_width": 32,
+                                                                     "discriminator_width": 16, "stochastic_encoder": True}})
+    torch.manual_seed(0)
+    m = build_method(cfg, 32).eval()
+    assert m.to_z.out_features == 16
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        mean = m.encode(x)
+        draws = torch.stack([m.encode(x, torch.Generator().manual_seed(s)) for s in range(200)])
+    assert mean.shape == (4, 8) and torch.equal(mean, m.encode(x))  # no generator: the mean, deterministic
+    assert not torch.equal(draws[0], draws[1])
+    log_std = m.to_z(m.backbone(x)).chunk(2, dim=1)[1].clamp(-5, 2)
+    torch.testing.assert_close(draws.mean(0), mean, atol=4 * log_std.exp().max().item() / 200 ** 0.5, rtol=0)
+    m.train()
+    history = fit(m, torch.randint(0, 256, (32, 16, 16, 3), dtype=torch.uint8), 3, torch.optim.Adam(m.parameters(), lr=2e-4))
+    assert all(torch.isfinite(h["loss"]) for h in history)

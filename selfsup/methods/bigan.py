@@ -13,6 +13,9 @@ Choices for stable training on CIFAR-size images (documented because the paper l
 - One optimizer for all three nets (Adam, beta1 = 0.5 in the recipes): each loss sees the other
   side's nets frozen (D's loss gets detached E(x) and G(z); G and E's loss calls D with detached
   weights), so one backward pass gives every net exactly the gradient of its own objective.
+- `bigan.stochastic_encoder`: E gives a mean and a log-std and z is drawn from them (ALI, Dumoulin et
+  al. 2017), so E(x) covers the latent space even when the backbone's features are narrower than z;
+  reconstructions and features use the mean.
 """
 
 from __future__ import annotations
@@ -83,17 +86,25 @@ class BiGAN(Method):
         self.aug = aug
         self.cfg = cfg
         self.input_size = input_size
-        self.to_z = nn.Linear(backbone.feature_dim, cfg.z_dim)
+        self.to_z = nn.Linear(backbone.feature_dim, cfg.z_dim * (2 if cfg.stochastic_encoder else 1))
         self.generator = Generator(cfg.z_dim, input_size, cfg.generator_width)
         self.discriminator = Discriminator(cfg.z_dim, input_size, cfg.discriminator_width)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_z(self.backbone(x)).float()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """E(x). A stochastic encoder draws z = mean + std * noise when given a generator, else returns the mean."""
+        out = self.to_z(self.backbone(x)).float()
+        if not self.cfg.stochastic_encoder:
+            return out
+        mean, log_std = out.chunk(2, dim=1)
+        if generator is None:
+            return mean
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        return mean + log_std.clamp(-5, 2).exp() * noise
 
     def pairs(self, x: torch.Tensor, generator: torch.Generator) -> tuple[tuple, tuple]:
         """The discriminator's real pair (x, E(x)) and fake pair (G(z), z), z ~ N(0, I)."""
         z = torch.randn(len(x), self.cfg.z_dim, generator=generator, device=x.device)
-        return (x, self.encode(x)), (self.generator(z).float(), z)
+        return (x, self.encode(x, generator)), (self.generator(z).float(), z)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = self.view(batch, self.aug).float()
