@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from selfsup.config import ModelConfig
 from selfsup.errors import SelfSupError
 
 
@@ -207,3 +208,8 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
         widths, fc = EXEMPLAR_NETS[key]
         return ExemplarNet(widths, fc, input_size, bn, dropout)
     raise SelfSupError(f"unknown backbone {name!r}; use one of {', '.join(BACKBONES)} or {', '.join(k for k in ALIASES if 'c5' in k)}")
+
+
+def backbone_from(model: ModelConfig) -> Backbone:
+    """The backbone a config's model section describes, freshly initialised."""
+    return build_backbone(model.backbone, model.cifar_stem, model.input_size, model.bn, model.dropout, model.width)

@@ -32,15 +32,13 @@ import torch
 
 from selfsup.augment import synthesize
 from selfsup.config import Config, config_to_dict, load_config, read_yaml, update_config
-from selfsup.data import load_source
-from selfsup.data.sources import subset
 from selfsup.distributed import pick_device
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
 from selfsup.methods import LABELLING, METHODS
-from selfsup.nets import Backbone, build_backbone
+from selfsup.nets import Backbone, backbone_from
 from selfsup.report import filter_grid, image_rows, plot_study, study_table
-from selfsup.train import CHECKPOINT, load_backbone, load_checkpoint, pretrain
+from selfsup.train import CHECKPOINT, load_backbone, load_checkpoint, pretrain, source_images
 
 STUDY_KEYS = ("methods", "sources", "baselines", "base", "overrides")
 BASELINES = ("random", "supervised")
@@ -148,40 +146,42 @@ def _same_config(saved: dict, cfg: Config, ignore: tuple[str, ...] = ()) -> bool
 
 def _random_backbone(cfg: Config) -> Backbone:
     torch.manual_seed(cfg.seed)  # as pretrain does before building the method: the runs' own starting point
-    m = cfg.model
-    return build_backbone(m.backbone, m.cifar_stem, m.input_size, m.bn, m.dropout, m.width).eval()
+    return backbone_from(cfg.model).eval()
 
 
 def run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bool, progress: bool = True) -> dict:
     """Train (or resume) the cell's run, probe every layer, save probes.json; reuse a finished cell."""
-    saved, ckpt = cell_dir / PROBES, cell_dir / CHECKPOINT
-    cfg = cell.config
+    saved, cfg = cell_dir / PROBES, cell.config
+    run = load_checkpoint(cell_dir) if (cell_dir / CHECKPOINT).is_file() and not force else None
     if not force:
         if saved.is_file():
             result = json.loads(saved.read_text())
             if _same_config(result["config"], cfg):
                 return result
-            if not ckpt.is_file():
+            if run is None:
                 raise SelfSupError(f"{cell_dir} holds results for another config than cell {cell.name}; pass --force to redo it")
         # Training is reused when all but the eval section matches: a new probe setting re-probes, it does not retrain.
-        if ckpt.is_file() and not _same_config(load_checkpoint(cell_dir)["config"], cfg, ignore=("eval",)):
+        if run is not None and not _same_config(run["config"], cfg, ignore=("eval",)):
             raise SelfSupError(f"{cell_dir} holds a run with another config than cell {cell.name}; pass --force to redo it")
+    knn = None
     if cell.method == "random":
         cell_dir.mkdir(parents=True, exist_ok=True)
         backbone, train = _random_backbone(cfg).to(device), {}
     else:
-        resume = ckpt.is_file() and not force
-        if not resume or load_checkpoint(cell_dir)["epoch"] < cfg.epochs:
+        if run is None or run["epoch"] < cfg.epochs:
             # Without a checkpoint the directory holds at most a partial first epoch: starting over loses nothing.
-            pretrain(cfg, cell_dir, resume=resume, force=not resume, progress=progress)
+            pretrain(cfg, cell_dir, resume=run is not None, force=run is None, progress=progress)
         lines = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()]
         train = {"epochs": lines[-1]["epoch"], "train_minutes": round(sum(x["epoch_seconds"] for x in lines) / 60, 2),
                  "final_loss": round(lines[-1]["loss"], 4)}
+        if run is None or run["epoch"] < cfg.epochs or _same_config(run["config"], cfg):
+            knn = lines[-1].get("knn_top1")  # pretraining's last epoch measured it with this eval section
         backbone = load_backbone(cell_dir, device)[0].backbone
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     linear = linear_probes(tap_features(backbone, cfg, device, None, splits), cfg, device)  # every tap
-    knn = run_knn(backbone, cfg, device, splits)
+    if knn is None:
+        knn = run_knn(backbone, cfg, device, splits)
     result = {"cell": cell.name, "label": cell.label, "method": cell.method, "source": cell.source,
               "linear": {k: round(v, 2) for k, v in linear.items()}, "knn": round(knn, 2), **train,
               "probe_minutes": round((time.time() - t0) / 60, 2),
@@ -204,10 +204,7 @@ def source_picture(cells: list[Cell], per_source: int = 8) -> np.ndarray | None:
         if cell.source == "all" or any(r[0] == cell.source for r in rows):
             continue
         cfg = cell.config
-        data = load_source(cfg.data.source, cfg.data.split, cfg.data.root, cfg.data.download, cfg.data.size)
-        if cfg.data.num_images:
-            data = subset(data, cfg.data.num_images, cfg.seed)
-        images = torch.from_numpy(np.array(data.images))
+        images = torch.from_numpy(np.array(source_images(cfg).images))
         made = synthesize(images, cfg.data.single_image, torch.Generator().manual_seed(cfg.seed), per_source)
         size = made.shape[1]
         shown = torch.nn.functional.interpolate(images[:4].permute(0, 3, 1, 2).float() / 255, size=(size, size),
@@ -238,7 +235,8 @@ def run_study(study: Study, out: Path, force: bool = False, device: str = "auto"
             failed[cell.name] = str(e)
             print(f"cell {cell.name} failed: {e}", flush=True)
     if results:
-        write_study_report(study, results, out, command, minutes=(time.time() - t0) / 60, device=str(dev), failed=failed)
+        write_study_report(study, results, out, command, minutes=(time.time() - t0) / 60, device=str(dev), failed=failed,
+                           splits=splits)
         (out / "results.json").write_text(json.dumps({k: {x: v for x, v in r.items() if x != "config"}
                                                       for k, r in results.items()}, indent=2))
     if failed:
@@ -248,7 +246,7 @@ def run_study(study: Study, out: Path, force: bool = False, device: str = "auto"
 
 
 def write_study_report(study: Study, results: dict, out: Path, command: str = "", minutes: float | None = None,
-                       device: str = "", failed: dict[str, str] | None = None) -> Path:
+                       device: str = "", failed: dict[str, str] | None = None, splits=None) -> Path:
     """report.md with the per-layer table and the three pictures, from the cells' probe results."""
     cells = study.cells()
     rows = {results[c.name]["label"]: results[c.name] for c in cells if c.name in results}
@@ -261,7 +259,7 @@ def write_study_report(study: Study, results: dict, out: Path, command: str = ""
 
         Image.fromarray(sources).save(out / "sources.png")
     cfg = cells[0].config
-    splits = eval_splits(cfg)
+    splits = splits or eval_splits(cfg)  # run_study passes the splits it probed with
     e = cfg.eval
     lines = [
         "# What a single image teaches",

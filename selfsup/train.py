@@ -146,6 +146,17 @@ def _targets(cfg: Config, data) -> torch.Tensor:
     return torch.from_numpy(np.asarray(data.labels))[None]
 
 
+def source_images(cfg: Config) -> ImageArray:
+    """The training source's split, made imbalanced or cut to data.num_images when asked (nothing synthesised yet)."""
+    d = cfg.data
+    data = load_source(d.source, d.split, d.root, d.download, d.size)
+    if d.imbalance:
+        data = imbalanced(data, d.imbalance, cfg.seed)
+    if d.num_images:
+        data = subset(data, d.num_images, cfg.seed)
+    return data
+
+
 def training_data(cfg: Config) -> tuple[ImageArray, bool]:
     """What a run trains on, and whether every batch is synthesised afresh from it.
 
@@ -155,11 +166,7 @@ def training_data(cfg: Config) -> tuple[ImageArray, bool]:
     data.samples_per_epoch images are synthesised once, deterministically under the seed.
     """
     d = cfg.data
-    data = load_source(d.source, d.split, d.root, d.download, d.size)
-    if d.imbalance:
-        data = imbalanced(data, d.imbalance, cfg.seed)
-    if d.num_images:
-        data = subset(data, d.num_images, cfg.seed)
+    data = source_images(cfg)
     synth = d.synthesize if d.synthesize is not None else len(data) < cfg.batch_size
     if synth and not d.samples_per_epoch:
         raise SelfSupError(f"{d.source} holds {len(data)} image(s), fewer than a batch; set data.samples_per_epoch "
@@ -203,6 +210,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
     if cfg.optim.schedule not in ("cosine", "step"):
         raise SelfSupError(f"optim.schedule must be cosine or step, got {cfg.optim.schedule!r}")
+    if cfg.epochs < 1:
+        raise SelfSupError(f"epochs must be at least 1, got {cfg.epochs}")
     if cfg.method == "exemplar" and cfg.exemplar.patch != cfg.model.input_size:
         raise SelfSupError(f"exemplar.patch ({cfg.exemplar.patch}) must equal model.input_size ({cfg.model.input_size})")
     if cfg.method not in ("exemplar", "instance") and cfg.augment.size != cfg.model.input_size:

@@ -6,7 +6,7 @@ import yaml
 from selfsup.config import load_config, parse_overrides
 from selfsup.errors import SelfSupError
 from selfsup.methods import METHODS
-from selfsup.nets import build_backbone
+from selfsup.nets import backbone_from
 from selfsup.train import lr_at
 
 
@@ -53,7 +53,7 @@ def test_every_recipe_loads_and_builds(recipe):
         return
     cfg = load_config(recipe)
     assert cfg.method in METHODS
-    backbone = build_backbone(cfg.model.backbone, cfg.model.cifar_stem, cfg.model.input_size, cfg.model.bn, cfg.model.dropout, cfg.model.width)
+    backbone = backbone_from(cfg.model)
     assert backbone.feature_dim > 0
     if cfg.method == "exemplar":
         assert cfg.exemplar.patch == cfg.model.input_size

@@ -110,3 +110,9 @@ def test_single_image_source_trains_on_synthesised_images(tmp_path):
     cfg.data.single_image.size = 32
     last = pretrain(cfg, tmp_path / "run", progress=False)
     assert math.isfinite(last["loss"]) and "knn_top1" in last
+
+
+def test_zero_epochs_is_a_one_line_error(tmp_path):
+    with pytest.raises(SelfSupError, match="epochs must be at least 1"):
+        pretrain(tiny_config(epochs=0), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -16,7 +16,7 @@ from selfsup.methods.rotnet import RotNet
 from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.supervised import Supervised
-from selfsup.nets import build_backbone
+from selfsup.nets import backbone_from
 
 METHODS = {"simclr": SimCLR, "sela": SeLa, "deepcluster": DeepCluster, "supervised": Supervised, "exemplar": Exemplar,
            "instance": InstanceDiscrimination, "rotnet": RotNet, "colorization": Colorization,
@@ -32,8 +32,7 @@ def build_method(cfg: Config, num_samples: int | None = None, targets: torch.Ten
     """
     if cfg.method not in METHODS:
         raise SelfSupError(f"unknown method {cfg.method!r}; available: {', '.join(METHODS)}")
-    backbone = build_backbone(cfg.model.backbone, cfg.model.cifar_stem, cfg.model.input_size, cfg.model.bn,
-                              cfg.model.dropout, cfg.model.width)
+    backbone = backbone_from(cfg.model)
     if cfg.method == "simclr":
         return SimCLR(backbone, cfg.augment, cfg.simclr)
     if cfg.method == "rotnet":
