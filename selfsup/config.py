@@ -189,6 +189,7 @@ class Config:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     channels_last: str = "auto"  # auto (= true: faster on CPU and CUDA alike) | true | false
     compile: bool = False
+    sync_bn: bool = False  # under torchrun on CUDA: batch-norm statistics over the global batch (SyncBatchNorm)
     log_every: int = 20
     max_minutes: float | None = None  # stop cleanly after the epoch that crosses this wall-clock budget
     data: DataConfig = field(default_factory=DataConfig)

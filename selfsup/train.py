@@ -216,6 +216,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
         raise SelfSupError(f"exemplar.patch ({cfg.exemplar.patch}) must equal model.input_size ({cfg.model.input_size})")
     if cfg.method not in ("exemplar", "instance") and cfg.augment.size != cfg.model.input_size:
         raise SelfSupError(f"augment.size ({cfg.augment.size}) must equal model.input_size ({cfg.model.input_size})")
+    if cfg.sync_bn and info.device.type != "cuda":
+        raise SelfSupError("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); unset it for gloo runs")
     prepare_run_dir(out, resume, force, create=info.is_main)
     if info.enabled:
         dist.barrier()
@@ -254,6 +256,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
     if cfg.compile:
         method.backbone = torch.compile(method.backbone)
     model: torch.nn.Module = method
+    if cfg.sync_bn and info.enabled:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if info.enabled:
         # No buffer broadcast: per-sample buffers (labels, memory bank) are kept equal on every rank by the methods
         # themselves, and sending them from rank 0 on every step would cost a bank-sized copy per step.

@@ -84,13 +84,40 @@ def call_frozen(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
     return functional_call(module, frozen, inputs)
 
 
+class Tape:
+    """Every random tensor a training step draws (views, masks, latent noise, negatives), recorded in call order, or
+    played back in that order instead of being drawn.
+
+    Playing a recorded step back reruns the same computation on ready tensors: the benchmark's compute floor, and
+    the multi-process tests, which give each rank its rows of one joint batch's draws.
+    """
+
+    def __init__(self, draws: list | None = None):
+        self.replay = draws is not None
+        self.draws: list = list(draws or [])
+        self.position = 0
+
+    def __call__(self, make: Callable[[], object]) -> object:
+        if not self.replay:
+            out = make()
+            self.draws.append(out)
+            return out
+        out = self.draws[self.position % len(self.draws)]  # cycles, so a benchmark can replay one step many times
+        self.position += 1
+        return out
+
+
 class Method(nn.Module):
-    """Subclasses set `backbone` and implement training_step; forward is training_step so DDP can wrap it."""
+    """Subclasses set `backbone` and implement training_step; forward is training_step so DDP can wrap it.
+
+    Everything random a step needs is drawn through `draw`, so a Tape can record or replay it.
+    """
 
     backbone: Backbone
 
     channels_last: bool = False  # set by the training loop when the model runs in channels_last
     passes_per_epoch: int = 1  # an epoch visits every training sample this many times
+    tape: Tape | None = None
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -99,10 +126,14 @@ class Method(nn.Module):
         """One augmented view of the batch (see make_input)."""
         return self.make_input(lambda: augment(batch.images, aug, batch.generator), batch.images.device)
 
-    def make_input(self, make: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
-        """Network input from `make`, run in fp32 even under autocast (colour maps need it), in the model's memory format."""
+    def draw(self, make: Callable[[], object], device: torch.device) -> object:
+        """make() in fp32 even under autocast (colour maps need it); recorded or replayed when a tape is set."""
         with torch.autocast(device.type, enabled=False):
-            x = make()
+            return make() if self.tape is None else self.tape(make)
+
+    def make_input(self, make: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Network input drawn from `make` (see draw), in the model's memory format."""
+        x = self.draw(make, device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @staticmethod

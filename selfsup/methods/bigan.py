@@ -98,12 +98,12 @@ class BiGAN(Method):
         mean, log_std = out.chunk(2, dim=1)
         if generator is None:
             return mean
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        noise = self.draw(lambda: torch.randn(mean.shape, generator=generator, device=mean.device), mean.device)
         return mean + log_std.clamp(-5, 2).exp() * noise
 
     def pairs(self, x: torch.Tensor, generator: torch.Generator) -> tuple[tuple, tuple]:
         """The discriminator's real pair (x, E(x)) and fake pair (G(z), z), z ~ N(0, I)."""
-        z = torch.randn(len(x), self.cfg.z_dim, generator=generator, device=x.device)
+        z = self.draw(lambda: torch.randn(len(x), self.cfg.z_dim, generator=generator, device=x.device), x.device)
         return (x, self.encode(x, generator)), (self.generator(z).float(), z)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:

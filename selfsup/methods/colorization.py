@@ -121,8 +121,7 @@ class Colorization(Method):
         return lab_to_rgb(torch.cat([lab[:, :1], ab], 1), clip=True)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.autocast(batch.images.device.type, enabled=False):
-            lab = rgb_to_lab(augment_unit(batch.images, self.aug, batch.generator))
+        lab = self.draw(lambda: rgb_to_lab(augment_unit(batch.images, self.aug, batch.generator)), batch.images.device)
         out = self.predict(lab)
         ab = F.adaptive_avg_pool2d(lab[:, 1:], out.shape[-2:])
         if self.cfg.loss == "regression":

@@ -108,8 +108,11 @@ class DeepCluster(Method):
         if len(ctx.images) != self.labels.shape[0]:
             raise SelfSupError(f"DeepCluster was built for {self.labels.shape[0]} samples but the data has {len(ctx.images)}")
         self.recluster(ctx.images, ctx.seed * 1000 + ctx.epoch)
-        # Cluster ids are arbitrary after each clustering: start the classifier (and its momentum) afresh.
-        self.classifier.reset_parameters()
+        # Cluster ids are arbitrary after each clustering: start the classifier (and its momentum) afresh, from a
+        # generator seeded by the epoch, so every process draws the same new weights.
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            torch.manual_seed(ctx.seed * 1000 + ctx.epoch)
+            self.classifier.reset_parameters()
         if ctx.optimizer is not None:
             for p in self.classifier.parameters():
                 ctx.optimizer.state.pop(p, None)

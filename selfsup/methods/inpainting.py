@@ -136,7 +136,7 @@ class ContextEncoder(Method):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = self.view(batch, self.aug).float()
-        region, erased = self.masks(len(x), batch.generator, x.device)
+        region, erased = self.draw(lambda: self.masks(len(x), batch.generator, x.device), x.device)
         pred = self.inpaint(x, erased)
         weight = erased + self.cfg.overlap_weight * (region - erased)  # the rim counts 10x
         rec = (weight * (pred - x) ** 2).sum() / (3 * region.sum()).clamp_min(1)
