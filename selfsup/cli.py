@@ -1,4 +1,4 @@
-"""`selfsup` command line: pretrain, eval knn|linear|quadrant, labels, transfer, export, demo."""
+"""`selfsup` command line: pretrain, eval knn|linear|quadrant, labels, transfer, export, study, bench, demo."""
 
 from __future__ import annotations
 
@@ -182,6 +182,23 @@ def _study(args) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+def _bench(args) -> None:
+    from selfsup.bench import bench
+    from selfsup.methods import METHODS
+
+    methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    overrides = {}
+    for pair in args.overrides:
+        key, _, value = pair.partition("=")
+        overrides[key] = value
+    md, results = bench(methods, args.device, args.out, args.tiny, set(filter(None, args.skip.split(","))), overrides,
+                        args.force, command="selfsup bench " + " ".join(sys.argv[2:]))
+    failed = sum("error" in r["result"] for r in results)
+    print(f"report: {md}" + (f" ({failed} item(s) failed; see the report)" if failed else ""))
+    if failed:
+        raise SelfSupError(f"{failed} of {len(results)} bench items failed; {md} lists them")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -241,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--force", action="store_true", help="redo every cell, overwriting earlier runs")
     st.add_argument("--device", default="auto")
     st.set_defaults(func=_study)
+
+    be = sub.add_parser("bench", help="speed and memory on this device: every method against the compute floor and the "
+                        "per-sample DataLoader, Sinkhorn against POT and the bandwidth bound, kNN and probes")
+    be.add_argument("overrides", nargs="*", help="setting=value, e.g. steps=20 batch_size=128 backbone=resnet18 root=DIR")
+    be.add_argument("--methods", default="all", help="comma list of methods, or all")
+    be.add_argument("--device", default="auto")
+    be.add_argument("--out", "-o", default="benchmarks/results", help="folder for <device>-<date>.md and .json")
+    be.add_argument("--skip", default="", help="comma list of parts to leave out: dataloader, sinkhorn, pot, knn")
+    be.add_argument("--tiny", action="store_true", help="seconds-long sizes on digits (a smoke test of the harness)")
+    be.add_argument("--force", action="store_true", help="replace today's results file for this device")
+    be.set_defaults(func=_bench)
 
     de = sub.add_parser("demo", help="offline CPU demo: the single-image study in miniature (RotNet, SimCLR; one photograph "
                         "vs all of digits; probes on every layer)")

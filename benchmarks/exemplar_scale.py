@@ -1,7 +1,7 @@
 """Benchmark: how exemplar learning's cost grows with the number of classes N, in one run.
 
-    python bench/exemplar_scale.py                       # N = 8,000 / 50,000 / 200,000 on the CPU
-    python bench/exemplar_scale.py --sizes 50000 1000000 --device cuda
+    python benchmarks/exemplar_scale.py                       # N = 8,000 / 50,000 / 200,000 on the CPU
+    python benchmarks/exemplar_scale.py --sizes 50000 1000000 --device cuda
 
 For each N it times training steps of Exemplar-CNN's parametric softmax (a linear classifier over all N
 classes) and of the memory-bank mode (a sampled softmax over `negatives` entries of an N x 128 bank), with
