@@ -189,10 +189,14 @@ def _color_matrices(n: int, cfg: AugmentConfig, mean_rgb: torch.Tensor, g: torch
     return torch.cat([m, bias.unsqueeze(2)], 2), jitter, factors, gray
 
 
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample separable Gaussian blur; sigma 0 leaves a sample untouched."""
+def _blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Per-sample separable Gaussian blur; sigma 0 leaves a sample untouched.
+
+    The kernel's radius comes from the largest sigma the recipe can draw, not from the drawn ones, so the step
+    never waits for the device to report a value.
+    """
     n, ch, hgt, wid = x.shape
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))) if sigma.numel() else 1)
+    radius = max(1, math.ceil(3 * max_sigma))
     radius = min(radius, hgt // 2 - 1 if hgt > 3 else 1)
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     s = sigma.clamp_min(1e-6)[:, None].to(x.dtype)
@@ -241,7 +245,7 @@ def augment_unit(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
     scale = cfg.size / 224.0  # SimCLR's sigma range is for 224-px images
     sigma = torch.where(blur_on, _uniform(count, *cfg.blur_sigma, generator, device) * scale, torch.zeros(count, device=device))
     if cfg.blur_p > 0:
-        x = _blur(x, sigma)
+        x = _blur(x, sigma, cfg.blur_sigma[1] * scale)
     x = x.clamp_(0, 1)
     solar = torch.rand(count, generator=generator, device=device) < cfg.solarize_p
     if cfg.solarize_p > 0:

@@ -9,6 +9,7 @@ Pretraining throughput of every method, measured three ways with the same model,
               augment one PIL image at a time (random resized crop, flip, colour jitter, grayscale, blur), collate
               and hand the batch to the device. The method's other draws (masks, latents) are replayed for free,
               so this baseline is, if anything, flattered.
+  compiled    (with --compile) the selfsup path with the backbone through torch.compile.
 Then Sinkhorn-Knopp against POT and against the memory-bandwidth bound, and kNN and linear probes over cached
 features. Every item runs in a fresh process, so the peak memory it reports is its own (CUDA: the most memory
 allocated; CPU: the process's peak resident set).
@@ -136,6 +137,8 @@ def throughput(item: dict, device: torch.device) -> dict:
     method.channels_last = True
     method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg)
+    if mode == "compiled":  # what `compile: true` does in training: the backbone through torch.compile
+        method.backbone = torch.compile(method.backbone)
     gen = torch.Generator(device=device).manual_seed(0)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
 
@@ -152,9 +155,9 @@ def throughput(item: dict, device: torch.device) -> dict:
 
     fixed = index_batch()
     method.tape = Tape()
-    step(fixed)  # records one step's draws (and warms up)
+    step(fixed)  # records one step's draws (and warms up; compiles, in compiled mode)
     recorded = method.tape.draws
-    if mode == "selfsup":
+    if mode in ("selfsup", "compiled"):
         method.tape = None
         next_batch = index_batch
     elif mode == "floor":
@@ -262,7 +265,8 @@ def sinkhorn_item(item: dict, device: torch.device) -> dict:
             plan = ot.sinkhorn(a, b, cost, reg=1 / lam, method="sinkhorn_log" if solver == "pot_log" else "sinkhorn",
                                numItermax=iters, stopThr=0.0)
         seconds = time.perf_counter() - t0
-        return {"seconds_per_iteration": seconds / iters, "marginal_error": _marginal_error(torch.from_numpy(plan))}
+        return {"seconds_per_iteration": seconds / iters, "run_seconds": seconds,
+                "marginal_error": _marginal_error(torch.from_numpy(plan))}
     solve = {"selfsup": lambda m: sinkhorn(log_p, lam, tol=1e-30, max_iter=m),  # a tolerance never met: m iterations
              "plain": lambda m: _plain_sinkhorn(log_p, lam, m),
              "log": lambda m: _log_sinkhorn(log_p, lam, m)}[solver]
@@ -278,9 +282,9 @@ def sinkhorn_item(item: dict, device: torch.device) -> dict:
         solve(2)  # warm-up
         once, plan = timed(iters)
         twice, _ = timed(2 * iters)
-    # The difference of two runs is the steady-state cost of `iters` iterations; the rest of a run is its set-up.
+    # The difference of two runs is the steady-state cost of `iters` iterations (set-up cancels out).
     per = (twice - once) / iters
-    return {"seconds_per_iteration": per, "setup_seconds": once - iters * per, "marginal_error": _marginal_error(plan),
+    return {"seconds_per_iteration": per, "run_seconds": once, "marginal_error": _marginal_error(plan),
             "finite": bool(torch.isfinite(plan).all())}
 
 
@@ -357,10 +361,10 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def plan(methods: list[str], s: dict, device: str, skip: set[str]) -> list[dict]:
+def plan(methods: list[str], s: dict, device: str, skip: set[str], compiled: bool = False) -> list[dict]:
     """Every item of a bench run, in order."""
-    items = [{"kind": "throughput", "method": m, "mode": mode} for m in methods for mode in MODES
-             if not (mode == "dataloader" and "dataloader" in skip)]
+    modes = [mode for mode in MODES if mode not in skip] + (["compiled"] if compiled else [])
+    items = [{"kind": "throughput", "method": m, "mode": mode} for m in methods for mode in modes]
     if "sinkhorn" not in skip:
         items.append({"kind": "bandwidth"})
         main = dict(kind="sinkhorn", n=s["sinkhorn_n"], k=s["sinkhorn_k"], lam=25.0)
@@ -407,6 +411,16 @@ def write_report(results: list[dict], meta: dict, md_path: Path) -> None:
                          f"| {_fmt(spe[2])} | {_fmt(ips[1] / ips[0])}x | {_fmt(ips[0] / ips[2])}x | "
                          + " / ".join(_fmt(r.get("peak_mb", math.nan), 0) for r in row) + " |")
         lines.append("")
+        comp = {m: by[(m, "compiled")] for m in methods if (m, "compiled") in by}
+        if comp:
+            lines += ["With the backbone through `torch.compile` (`compile: true`; the first step, which compiles, is not timed):", "",
+                      "| method | compiled img/s | s/epoch | compiled / selfsup (speed) | peak MB |", "|---|---:|---:|---:|---:|"]
+            for m, r in comp.items():
+                ips = r.get("images_per_second", math.nan)
+                lines.append(f"| {m} | {_fmt(ips, 0)} | {_fmt(r.get('seconds_per_epoch', math.nan))} | "
+                             f"{_fmt(ips / by.get((m, 'selfsup'), {}).get('images_per_second', math.nan))}x | "
+                             f"{_fmt(r.get('peak_mb', math.nan), 0)} |")
+            lines.append("")
     sink = [r for r in results if r["item"]["kind"] == "sinkhorn" and "error" not in r["result"]]
     bw = next((r["result"].get("bytes_per_second") for r in results if r["item"]["kind"] == "bandwidth"), None)
     if sink and bw:
@@ -414,10 +428,11 @@ def write_report(results: list[dict], meta: dict, md_path: Path) -> None:
                   f"Device copy bandwidth: {bw / 1e9:,.1f} GB/s (bytes read + written per second, best of five copies of "
                   f"{s['bandwidth_mb']} MB). Bandwidth bound of one iteration: two reads of the N x K fp32 matrix at that "
                   "rate. The torch solvers are timed twice, for n and 2n iterations: the difference gives the steady cost of an "
-                  "iteration, the rest of the first run is its set-up; the marginal error is that of the n-iteration plan. "
-                  "POT runs on the CPU in float64 (its numpy backend), timed once, set-up included. The plain iteration is timed at lambda = 1, "
+                  "iteration (set-up cancels out), and the n-iteration run's time (set-up included) and plan's marginal error "
+                  "are shown. POT runs on the CPU in float64 (its numpy backend), timed once: its ms per iteration include "
+                  "its set-up. The plain iteration is timed at lambda = 1, "
                   "where its kernel does not underflow; at lambda = 100 it is shown failing.", "",
-                  "| solver | N x K | lambda | iterations | ms / iteration | x bandwidth bound | set-up ms | marginal error | finite | peak MB |",
+                  "| solver | N x K | lambda | iterations | ms / iteration | x bandwidth bound | n-iteration run, s | marginal error | finite | peak MB |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
         names = {"selfsup": "selfsup.ot.sinkhorn (fp32)", "plain": "plain scaling iteration (torch, fp32)",
                  "log": "log-domain iteration (torch, fp32)", "pot": "POT ot.sinkhorn (fp64)",
@@ -427,7 +442,7 @@ def write_report(results: list[dict], meta: dict, md_path: Path) -> None:
             bound = 2 * 4 * it["n"] * it["k"] / bw
             per = res["seconds_per_iteration"]
             lines.append(f"| {names[it['solver']]} | {it['n']:,} x {it['k']:,} | {it['lam']:g} | {it['iters']} | "
-                         f"{_fmt(per * 1e3)} | {_fmt(per / bound, 1)} | {_fmt(res.get('setup_seconds', math.nan) * 1e3, 0)} | "
+                         f"{_fmt(per * 1e3)} | {_fmt(per / bound, 1)} | {_fmt(res['run_seconds'])} | "
                          f"{res['marginal_error']:.2e} | "
                          f"{res.get('finite', '-')} | {_fmt(res['peak_mb'], 0)} |")
         lines.append("")
@@ -450,7 +465,7 @@ def write_report(results: list[dict], meta: dict, md_path: Path) -> None:
 
 def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmarks/results", tiny: bool = False,
           skip: set[str] | None = None, overrides: dict | None = None, force: bool = False, command: str = "selfsup bench",
-          progress: bool = True) -> tuple[Path, list[dict]]:
+          progress: bool = True, compiled: bool = False) -> tuple[Path, list[dict]]:
     """Run every item in a fresh process and write <out>/<device>-<date>.md and .json; returns the markdown path."""
     from tqdm import tqdm
 
@@ -487,7 +502,7 @@ def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmark
         from selfsup.data import load_source
 
         load_source(s["source"], "train", s.get("root"))
-    items = plan(methods, s, str(dev), skip)
+    items = plan(methods, s, str(dev), skip, compiled)
     results = []
     for item in tqdm(items, desc="bench", disable=not progress, dynamic_ncols=True):
         results.append({"item": item, "result": _in_fresh_process(item)})

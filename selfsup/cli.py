@@ -192,7 +192,7 @@ def _bench(args) -> None:
         key, _, value = pair.partition("=")
         overrides[key] = value
     md, results = bench(methods, args.device, args.out, args.tiny, set(filter(None, args.skip.split(","))), overrides,
-                        args.force, command="selfsup bench " + " ".join(sys.argv[2:]))
+                        args.force, command="selfsup bench " + " ".join(sys.argv[2:]), compiled=args.compile)
     failed = sum("error" in r["result"] for r in results)
     print(f"report: {md}" + (f" ({failed} item(s) failed; see the report)" if failed else ""))
     if failed:
@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", "-o", default="benchmarks/results", help="folder for <device>-<date>.md and .json")
     be.add_argument("--skip", default="", help="comma list of parts to leave out: dataloader, sinkhorn, pot, knn")
     be.add_argument("--tiny", action="store_true", help="seconds-long sizes on digits (a smoke test of the harness)")
+    be.add_argument("--compile", action="store_true", help="also time each method with its backbone through torch.compile")
     be.add_argument("--force", action="store_true", help="replace today's results file for this device")
     be.set_defaults(func=_bench)
 

@@ -154,6 +154,7 @@ class BiGANConfig:
     generator_width: int = 256
     discriminator_width: int = 64
     stochastic_encoder: bool = False  # E gives a mean and a log-std and z is drawn from them (as ALI does)
+    reconstruction: float = 0.0  # weight of ALICE's cycle term ||x - G(E(x))||^2 on E and G (0: the paper's BiGAN)
 
 
 @dataclass

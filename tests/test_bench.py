@@ -46,7 +46,7 @@ def test_sinkhorn_stability_rows_show_which_solvers_survive_lambda_100(tiny_run)
     assert not stable["plain"]["finite"]  # the textbook kernel exp(100 log P) underflows and divides by zero
     main = [r["result"] for r in results if r["item"]["kind"] == "sinkhorn" and not r["item"].get("stability")]
     # Steady-state cost is a difference of two timings: at these sizes it is noise, but it must be a number.
-    assert all(math.isfinite(r["seconds_per_iteration"]) and math.isfinite(r["setup_seconds"]) for r in main)
+    assert all(math.isfinite(r["seconds_per_iteration"]) and r["run_seconds"] > 0 for r in main)
     bandwidth = next(r["result"] for r in results if r["item"]["kind"] == "bandwidth")
     assert bandwidth["bytes_per_second"] > 1e8
 

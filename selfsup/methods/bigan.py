@@ -16,6 +16,9 @@ Choices for stable training on CIFAR-size images (documented because the paper l
 - `bigan.stochastic_encoder`: E gives a mean and a log-std and z is drawn from them (ALI, Dumoulin et
   al. 2017), so E(x) covers the latent space even when the backbone's features are narrower than z;
   reconstructions and features use the mean.
+- `bigan.reconstruction`: a weight on ||x - G(E(x))||^2 for E and G (ALICE's explicit cycle consistency,
+  Li et al. 2017). Off by default (the paper's BiGAN). At a 2-core CPU budget the plain game left E
+  collapsed (one reconstruction for every image) and this term undid that (README, pretext tasks).
 """
 
 from __future__ import annotations
@@ -119,7 +122,14 @@ class BiGAN(Method):
         g_fake = call_frozen(self.discriminator, x_fake, z_fake)
         ge_loss = F.binary_cross_entropy_with_logits(g_real, zeros) + F.binary_cross_entropy_with_logits(g_fake, ones)
         d_acc = ((d_real > 0).float().mean() + (d_fake < 0).float().mean()) / 2
-        return {"loss": d_loss + ge_loss, "d_loss": d_loss.detach(), "ge_loss": ge_loss.detach(), "d_accuracy": d_acc.detach()}
+        out = {"loss": d_loss + ge_loss, "d_loss": d_loss.detach(), "ge_loss": ge_loss.detach(), "d_accuracy": d_acc.detach()}
+        if self.cfg.reconstruction > 0:
+            # ALICE's cycle term: the adversarial game alone does not make E(x) say which x it came from (the two
+            # nets can match the joint distributions only loosely), this ties G(E(x)) back to x.
+            rec = F.mse_loss(self.generator(z_real).float(), x_real)
+            out["loss"] = out["loss"] + self.cfg.reconstruction * rec
+            out["rec_loss"] = rec.detach()
+        return out
 
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         """Rows: samples G(z), real images x, their reconstructions G(E(x))."""
