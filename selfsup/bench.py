@@ -381,8 +381,9 @@ def plan(methods: list[str], s: dict, device: str, skip: set[str], compiled: boo
     return items
 
 
-def _fmt(x: float, digits: int = 2) -> str:
-    return f"{x:,.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else str(x)
+def _fmt(x: float, digits: int = 2, unit: str = "") -> str:
+    """x with thousands separators and `digits` decimals, then unit; '-' for a missing (nan) value."""
+    return f"{x:,.{digits}f}{unit}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
 def write_report(results: list[dict], meta: dict, md_path: Path) -> None:
@@ -408,7 +409,7 @@ def write_report(results: list[dict], meta: dict, md_path: Path) -> None:
             ips = [r.get("images_per_second", math.nan) for r in row]
             spe = [r.get("seconds_per_epoch", math.nan) for r in row]
             lines.append(f"| {m} | {_fmt(ips[0], 0)} | {_fmt(spe[0])} | {_fmt(ips[1], 0)} | {_fmt(spe[1])} | {_fmt(ips[2], 0)} "
-                         f"| {_fmt(spe[2])} | {_fmt(ips[1] / ips[0])}x | {_fmt(ips[0] / ips[2])}x | "
+                         f"| {_fmt(spe[2])} | {_fmt(ips[1] / ips[0], unit='x')} | {_fmt(ips[0] / ips[2], unit='x')} | "
                          + " / ".join(_fmt(r.get("peak_mb", math.nan), 0) for r in row) + " |")
         lines.append("")
         comp = {m: by[(m, "compiled")] for m in methods if (m, "compiled") in by}
@@ -418,7 +419,7 @@ def write_report(results: list[dict], meta: dict, md_path: Path) -> None:
             for m, r in comp.items():
                 ips = r.get("images_per_second", math.nan)
                 lines.append(f"| {m} | {_fmt(ips, 0)} | {_fmt(r.get('seconds_per_epoch', math.nan))} | "
-                             f"{_fmt(ips / by.get((m, 'selfsup'), {}).get('images_per_second', math.nan))}x | "
+                             f"{_fmt(ips / by.get((m, 'selfsup'), {}).get('images_per_second', math.nan), unit='x')} | "
                              f"{_fmt(r.get('peak_mb', math.nan), 0)} |")
             lines.append("")
     sink = [r for r in results if r["item"]["kind"] == "sinkhorn" and "error" not in r["result"]]

@@ -48,6 +48,10 @@ CHECK_EVERY = 10
 # them is further than this many nats from 1: far inside fp32's range (e^88), and rare once the plan settles, so the
 # steady-state iteration costs what the textbook one does: two reads of the matrix.
 ABSORB_AT = 10.0
+# Exponents are clamped here before exp: on the CPU, exp of an argument that underflows takes a slow path (about 10x
+# the cost of an ordinary one, and at lam=100 most of the matrix underflows). e^-87 is fp32's smallest normal number,
+# so the plan gains at most N*K*1.6e-38 of mass, nothing next to its entries of about 1/(N*K).
+EXP_FLOOR = -87.0
 
 
 def sinkhorn(
@@ -87,14 +91,14 @@ def _solve(log_p: Tensor, lam: float, a: Tensor | None, b: Tensor | None, tol: f
     mass = b.sum()
 
     # Row step in the log domain: f = log a - logsumexp_j(s). This is the row-max shift, plus an exact row
-    # normalisation, so exp(s + f) cannot overflow.
-    f = a.log() - torch.logsumexp(s, dim=1)
-    kernel = s + f[:, None]
+    # normalisation, so exp(s + f) cannot overflow. The kernel's memory is the scratch space throughout.
+    kernel = torch.empty_like(s)
+    f = a.log() - _logsumexp(s, 1, kernel, world)
     # Column step in the log domain too, reduced over ranks: every column of the kernel then sums to b_j exactly,
     # even a column whose entries would all underflow after the row shift alone (at lam=100, any cluster the model
     # rates a couple of nats below its favourite for every sample).
-    g = b.log() - _column_logsumexp(kernel, world)
-    kernel.add_(g).exp_()
+    g = b.log() - _logsumexp(torch.add(s, f[:, None], out=kernel), 0, kernel, world)
+    _rebuild(kernel, s, f, g)
     u = torch.ones(n, device=dev, dtype=dtype)
     v = torch.ones(k, device=dev, dtype=dtype)
 
@@ -119,7 +123,7 @@ def _solve(log_p: Tensor, lam: float, a: Tensor | None, b: Tensor | None, tol: f
             # Fold the scalings into the potentials and rebuild the kernel (= current plan) from them.
             f += u.log()
             g += v.log()
-            torch.add(s, f[:, None], out=kernel).add_(g).exp_()
+            _rebuild(kernel, s, f, g)
             u.fill_(1.0)
             v.fill_(1.0)
     else:
@@ -128,13 +132,25 @@ def _solve(log_p: Tensor, lam: float, a: Tensor | None, b: Tensor | None, tol: f
     return kernel.mul_(u[:, None]).mul_(v)
 
 
-def _column_logsumexp(x: Tensor, world: int) -> Tensor:
-    """logsumexp over rows (dim 0), taken over the rows of every rank."""
-    m = x.amax(dim=0)
-    _all_reduce(m, world, dist.ReduceOp.MAX)
-    total = torch.exp(x - m).sum(dim=0)
-    _all_reduce(total, world, dist.ReduceOp.SUM)
-    return m + total.log()
+def _exp_(x: Tensor) -> Tensor:
+    """exp in place, with arguments below EXP_FLOOR raised to it first (fast on every device, see EXP_FLOOR)."""
+    return x.clamp_(min=EXP_FLOOR).exp_()
+
+
+def _rebuild(kernel: Tensor, s: Tensor, f: Tensor, g: Tensor) -> None:
+    """kernel = exp(s + f_i + g_j), written into kernel's memory."""
+    _exp_(torch.add(s, f[:, None], out=kernel).add_(g))
+
+
+def _logsumexp(x: Tensor, dim: int, scratch: Tensor, world: int) -> Tensor:
+    """logsumexp of x over dim, computed in scratch (which may be x itself); over dim 0 the rows of every rank count."""
+    m = x.amax(dim=dim, keepdim=True)
+    if dim == 0:
+        _all_reduce(m, world, dist.ReduceOp.MAX)
+    total = _exp_(torch.sub(x, m, out=scratch)).sum(dim=dim, keepdim=True)
+    if dim == 0:
+        _all_reduce(total, world, dist.ReduceOp.SUM)
+    return (m + total.log()).squeeze(dim)
 
 
 def _all_reduce(t: Tensor, world: int, op: dist.ReduceOp) -> None:
@@ -210,7 +226,8 @@ def _local_problem(log_p: object, lam: object, a: Tensor | None, b: Tensor | Non
             return f"{name} must be a tensor of shape ({size},) to match log_p {tuple(log_p.shape)}, got {shape}"
         if not bool(torch.isfinite(m).all()) or not bool((m > 0).all()):
             return f"{name} must be finite and strictly positive"
-    if not bool(torch.isfinite(log_p).all()):
+    # min and max are nan if any entry is, and one of them is infinite if any entry is: one fast pass over the matrix.
+    if not all(map(math.isfinite, torch.stack(torch.aminmax(log_p.detach())).tolist())):
         return "log_p has non-finite values (nan or inf); pass finite log-probabilities"
     return None
 

@@ -156,3 +156,13 @@ def test_torchrun_pretrain_two_processes_on_cpu(tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"knn_top1"' in lines[-1]
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_sync_bn_on_cpu_is_a_one_line_error(tmp_path):
+    from selfsup.errors import SelfSupError
+    from selfsup.train import pretrain
+
+    cfg = load_config(overrides={"sync_bn": True, "device": "cpu", "data": {"source": "digits"}})
+    with pytest.raises(SelfSupError, match="sync_bn needs CUDA"):
+        pretrain(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

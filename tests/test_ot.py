@@ -198,6 +198,7 @@ def test_warns_when_it_does_not_converge():
         (dict(b=torch.full((3,), 1.0)), "same total"),
         (dict(log_p=torch.tensor([[0.0, float("-inf"), 0.0]] * 4)), "non-finite"),
         (dict(log_p=torch.tensor([[0.0, float("nan"), 0.0]] * 4)), "non-finite"),
+        (dict(log_p=torch.tensor([[0.0, float("inf"), 0.0]] * 4)), "non-finite"),
         (dict(dtype=torch.bfloat16), "dtype must be"),
         (dict(tol=0.0), "tol must be"),
         (dict(max_iter=0), "max_iter must be"),
