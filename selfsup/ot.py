@@ -50,7 +50,8 @@ CHECK_EVERY = 10
 ABSORB_AT = 10.0
 # Exponents are clamped here before exp: on the CPU, exp of an argument that underflows takes a slow path (about 10x
 # the cost of an ordinary one, and at lam=100 most of the matrix underflows). e^-87 is fp32's smallest normal number,
-# so the plan gains at most N*K*1.6e-38 of mass, nothing next to its entries of about 1/(N*K).
+# so the plan gains at most N*K*1.6e-38 of mass, times e^(2*ABSORB_AT) once the scalings have drifted: about 4e-21
+# at N*K = 5e8, nothing next to its entries of about 1/(N*K). (A much larger ABSORB_AT would break that bound.)
 EXP_FLOOR = -87.0
 
 
