@@ -229,6 +229,22 @@ def to_input(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
     return normalize(x)
 
 
+def pad_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """The classic CIFAR classifier augmentation, batched: uint8 (B,H,W,3) -> normalised (B,3,H,W), each image
+    zero-padded by `pad` pixels, cropped back to HxW at a random offset and flipped with probability 1/2."""
+    x = F.pad(to_float(images), (pad, pad, pad, pad))
+    b, h, w = images.shape[:3]
+    dev = images.device
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=dev)
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    rows = dy[:, None] + torch.arange(h, device=dev)
+    cols = dx[:, None] + torch.arange(w, device=dev)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chans = torch.arange(3, device=dev)[None, :, None, None]
+    return normalize(x[batch, chans, rows[:, None, :, None], cols[:, None, None, :]])
+
+
 def augment_unit(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, n: int | None = None,
                  return_params: bool = False):
     """Augment a uint8 batch (B,H,W,3) into RGB floats in [0,1], (B,3,S,S); with one source image, n sets how many."""

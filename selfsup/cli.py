@@ -1,4 +1,4 @@
-"""`selfsup` command line: pretrain, eval knn|linear|quadrant, labels, transfer, export, study, bench, demo."""
+"""`selfsup` command line: pretrain, eval knn|linear|nonlinear|quadrant, labels, transfer, export, study, bench, demo."""
 
 from __future__ import annotations
 
@@ -64,6 +64,20 @@ def _eval(args) -> None:
         folds = stl10_folds(cfg.eval.root or cfg.data.root) if source == "stl10" and cfg.eval.train_split == "train" else None
         result = {"model": model_name, **run_quadrant(method.backbone, *splits, device, args.size, args.classifier, folds,
                                                       probe_epochs=cfg.eval.probe_epochs, seed=cfg.seed)}
+    elif args.protocol == "nonlinear":
+        from selfsup.eval.nonlinear import HEADS, train_heads
+
+        taps = method.backbone.taps
+        if args.layers == "all":  # the conv classifier needs maps: every spatial tap
+            shapes = method.backbone.tap_shapes(cfg.model.input_size)
+            layers = [n for n in taps if args.head == "mlp" or len(shapes[n]) == 3]
+        else:
+            layers = [s.strip() for s in args.layers.split(",")]
+        train, test = splits
+        accs = train_heads(method.backbone, layers, args.head, train.images, train.labels, test.images, test.labels,
+                           cfg.model.input_size, device, args.epochs, cfg.seed)
+        result = {"model": model_name, "head": args.head, "epochs": args.epochs or HEADS[args.head]["epochs"],
+                  "top1": {k: round(v, 2) for k, v in accs.items()}}
     else:
         layers = None if args.layers == "all" else [s.strip() for s in args.layers.split(",")]
         torch.manual_seed(cfg.seed)
@@ -215,14 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a run's frozen backbone")
-    ev.add_argument("protocol", choices=["knn", "linear", "quadrant"],
-                    help="quadrant: Exemplar-CNN's protocol (conv maps max-pooled over 4 quadrants, a linear classifier)")
+    ev.add_argument("protocol", choices=["knn", "linear", "nonlinear", "quadrant"],
+                    help="nonlinear: RotNet's classifiers on frozen layers (--head mlp or conv); "
+                         "quadrant: Exemplar-CNN's protocol (conv maps max-pooled over 4 quadrants, a linear classifier)")
     ev.add_argument("run", help="run directory")
     ev.add_argument("overrides", nargs="*", help="key=value overrides of the eval section, e.g. eval.knn_k=20")
     ev.add_argument("--layers", default="all", help="taps to probe: all, or a comma list such as conv1,conv2")
     ev.add_argument("--size", type=int, default=64, help="quadrant: image size the net sees (the paper upsamples CIFAR to 64)")
     ev.add_argument("--classifier", choices=["probe", "svm"], default="probe",
                     help="quadrant: the linear probe (default, minutes on CPU) or the paper's linear SVM (slow on CPU for 50k images)")
+    ev.add_argument("--head", choices=["mlp", "conv"], default="mlp",
+                    help="nonlinear: 3 fully connected layers (mlp) or a NIN conv block (conv), as in RotNet's paper")
+    ev.add_argument("--epochs", type=int, help="nonlinear: training epochs (default the paper's: 50 mlp, 100 conv)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--random-init", action="store_true", help="evaluate the run's architecture at its initialisation (a baseline)")
     ev.set_defaults(func=_eval)

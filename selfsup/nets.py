@@ -159,6 +159,8 @@ class NIN(Backbone):
 
     block1 = 192c5-160c1-96c1 then a 3x3/2 max-pool, block2 = 192c5-192c1-192c1 then a 3x3/2 average pool,
     block3 and any later block = 192c3-192c1-192c1; the representation is the last block, globally averaged.
+    Each pool closes its block, as in the paper, so the taps are the paper's features: block1 is 96x16x16 and
+    block2 192x8x8 at 32 px (the maps its non-linear and conv classifiers are trained on).
     """
 
     def __init__(self, blocks: int = 4, bn: bool = True):
@@ -166,13 +168,12 @@ class NIN(Backbone):
             raise SelfSupError(f"NIN needs at least 3 blocks, got {blocks}")
 
         def block(cin: int, widths: tuple[int, int, int], k: int, pool: list[nn.Module]) -> nn.Sequential:
-            return nn.Sequential(*pool, *_conv_bn(cin, widths[0], k, bn), *_conv_bn(widths[0], widths[1], 1, bn),
-                                 *_conv_bn(widths[1], widths[2], 1, bn))
+            return nn.Sequential(*_conv_bn(cin, widths[0], k, bn), *_conv_bn(widths[0], widths[1], 1, bn),
+                                 *_conv_bn(widths[1], widths[2], 1, bn), *pool)
 
-        stages = {"block1": block(3, (192, 160, 96), 5, []),
-                  "block2": block(96, (192, 192, 192), 5, [nn.MaxPool2d(3, 2, 1)]),
-                  "block3": block(192, (192, 192, 192), 3, [nn.AvgPool2d(3, 2, 1)])}
-        for i in range(4, blocks + 1):
+        stages = {"block1": block(3, (192, 160, 96), 5, [nn.MaxPool2d(3, 2, 1)]),
+                  "block2": block(96, (192, 192, 192), 5, [nn.AvgPool2d(3, 2, 1)])}
+        for i in range(3, blocks + 1):
             stages[f"block{i}"] = block(192, (192, 192, 192), 3, [])
         super().__init__(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), 192)
 

@@ -25,6 +25,12 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert list(accs) == ["conv1", "layer4"]
     assert main(["eval", "linear", str(run), "--layers", "conv1,layer4", "--random-init"]) == 0
     capsys.readouterr()
+    assert main(["eval", "nonlinear", str(run), "--layers", "layer3", "--head", "conv", "--epochs", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["head"] == "conv" and out["epochs"] == 1 and list(out["top1"]) == ["layer3"]
+    assert json.loads((run / "eval.jsonl").read_text().splitlines()[-1])["protocol"] == "nonlinear"
+    assert main(["eval", "nonlinear", str(run), "--layers", "layer9"]) == 2
+    assert "unknown layer" in capsys.readouterr().err
     report = (run / "report.md").read_text()
     assert "| pretrained |" in report and "| random init |" in report and (run / "probes.png").is_file()
     assert main(["export", str(run)]) == 0

@@ -45,7 +45,7 @@ def test_nin_blocks_and_shapes():
     net = build_backbone("nin").eval()
     maps = net.forward_taps(torch.zeros(2, 3, 32, 32))
     assert {k: tuple(v.shape[1:]) for k, v in maps.items()} == {
-        "block1": (96, 32, 32), "block2": (192, 16, 16), "block3": (192, 8, 8), "block4": (192, 8, 8)}
+        "block1": (96, 16, 16), "block2": (192, 8, 8), "block3": (192, 8, 8), "block4": (192, 8, 8)}
     convs = [m.kernel_size[0] for m in net.stages["block1"].modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs == [5, 1, 1] and net.feature_dim == 192
 
