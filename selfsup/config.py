@@ -58,6 +58,7 @@ class OptimConfig:
     step_epochs: list[float] = field(default_factory=list)
     gamma: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = False  # sgd
     weight_decay: float = 5e-4
     warmup_epochs: float = 10.0
     min_lr: float = 0.0

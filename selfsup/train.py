@@ -78,7 +78,9 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     for g in groups:
         g.pop("lars", None)
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        if o.nesterov and o.momentum <= 0:
+            raise SelfSupError(f"optim.nesterov needs optim.momentum > 0, got {o.momentum}")
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
     if o.name == "adam":
         return torch.optim.Adam(groups, lr=o.lr, betas=o.betas)
     raise SelfSupError(f"unknown optimizer {o.name!r}; use sgd, lars or adam")

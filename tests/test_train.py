@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,16 @@ def test_zero_epochs_is_a_one_line_error(tmp_path):
     with pytest.raises(SelfSupError, match="epochs must be at least 1"):
         pretrain(tiny_config(epochs=0), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_nesterov_option_and_the_rotnet_recipe():
+    from selfsup.train import build_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    cfg = load_config(Path(__file__).parents[1] / "recipes" / "rotnet_cifar10.yaml")  # the paper's optimizer: Nesterov, decay on every weight
+    opt = build_optimizer(net, cfg)
+    assert all(g["nesterov"] and g["weight_decay"] == 5e-4 for g in opt.param_groups)
+    assert cfg.epochs == 200 and cfg.optim.step_epochs == [60, 120, 160] and cfg.model.backbone == "nin"
+    cfg.optim.momentum = 0.0
+    with pytest.raises(SelfSupError, match="nesterov needs"):
+        build_optimizer(net, cfg)
