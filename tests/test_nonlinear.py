@@ -55,6 +55,9 @@ def test_classifiers_learn_on_a_frozen_backbone_and_leave_it_unchanged():
     conv = train_heads(net, ["conv3"], "conv", train.images, train.labels, test.images, test.labels, size=32,
                        device=torch.device("cpu"), epochs=8, progress=False)
     assert conv["conv3"] > 60
+    with pytest.raises(SelfSupError, match="unknown classifier"):
+        train_heads(net, ["conv2"], "svm", train.images, train.labels, test.images, test.labels, size=32,
+                    device=torch.device("cpu"), progress=False)
     with pytest.raises(SelfSupError, match="epochs must be"):
         train_heads(net, ["conv2"], "mlp", train.images, train.labels, test.images, test.labels, size=32,
                     device=torch.device("cpu"), epochs=0, progress=False)

@@ -58,6 +58,8 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
                 test_images: np.ndarray, test_labels: np.ndarray, size: int, device: torch.device,
                 epochs: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, float]:
     """Top-1 test accuracy (percent) of a `kind` classifier trained on each frozen layer in `layers`."""
+    if kind not in HEADS:
+        raise SelfSupError(f"unknown classifier {kind!r}; choose one of {', '.join(HEADS)}")
     epochs = HEADS[kind]["epochs"] if epochs is None else epochs
     if epochs < 1:
         raise SelfSupError(f"epochs must be >= 1, got {epochs}")
@@ -66,7 +68,8 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the heads' start must not depend on whatever ran before
         heads = nn.ModuleDict({n: build_head(kind, tuple(s), num_classes) for n, s in shapes.items()}).to(device)
-    backbone.eval()
+    was_training = backbone.training
+    backbone.eval()  # frozen, batch-norm statistics included
     opt = torch.optim.SGD(heads.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-4)
     keep = train_labels >= 0
     images = torch.from_numpy(np.ascontiguousarray(train_images[keep])).to(device)
@@ -100,7 +103,9 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
             opt.step()
             sched.step()
         bar.set_postfix(loss=f"{loss.item() / len(layers):.3f}")
-    return _accuracy(backbone, heads, layers, test_images, test_labels, size, device)
+    accs = _accuracy(backbone, heads, layers, test_images, test_labels, size, device)
+    backbone.train(was_training)
+    return accs
 
 
 @torch.no_grad()
