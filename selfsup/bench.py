@@ -115,8 +115,6 @@ def _is_view(draw, batch_size: int, size: int) -> bool:
 
 def throughput(item: dict, device: torch.device) -> dict:
     """Images per second of one method's training step in one mode (see the module docstring)."""
-    from contextlib import nullcontext
-
     from selfsup.data import load_source
     from selfsup.methods import Batch, build_method
     from selfsup.methods.base import Tape
@@ -140,10 +138,10 @@ def throughput(item: dict, device: torch.device) -> dict:
     if mode == "compiled":  # what `compile: true` does in training: the backbone through torch.compile
         method.backbone = torch.compile(method.backbone)
     gen = torch.Generator(device=device).manual_seed(0)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    bf16 = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step(batch: Batch) -> None:
-        with amp():
+        with torch.autocast(**bf16):
             loss = method(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

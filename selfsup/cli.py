@@ -52,6 +52,7 @@ def _eval(args) -> None:
     apply_overrides(cfg, args.overrides)
     model_name = "random init" if args.random_init else "pretrained"
     splits = eval_splits(cfg)
+    layers = None if args.layers == "all" else [s.strip() for s in args.layers.split(",")]
     if args.protocol == "knn":
         top1 = run_knn(method.backbone, cfg, device, splits)
         result = {"model": model_name, "knn_top1": round(top1, 2), "k": cfg.eval.knn_k, "t": cfg.eval.knn_t}
@@ -67,19 +68,15 @@ def _eval(args) -> None:
     elif args.protocol == "nonlinear":
         from selfsup.eval.nonlinear import HEADS, train_heads
 
-        taps = method.backbone.taps
-        if args.layers == "all":  # the conv classifier needs maps: every spatial tap
+        if layers is None:  # every tap; the conv classifier needs maps, so every spatial one
             shapes = method.backbone.tap_shapes(cfg.model.input_size)
-            layers = [n for n in taps if args.head == "mlp" or len(shapes[n]) == 3]
-        else:
-            layers = [s.strip() for s in args.layers.split(",")]
+            layers = [n for n, shape in shapes.items() if args.head == "mlp" or len(shape) == 3]
         train, test = splits
         accs = train_heads(method.backbone, layers, args.head, train.images, train.labels, test.images, test.labels,
                            cfg.model.input_size, device, args.epochs, cfg.seed)
         result = {"model": model_name, "head": args.head, "epochs": args.epochs or HEADS[args.head]["epochs"],
                   "top1": {k: round(v, 2) for k, v in accs.items()}}
     else:
-        layers = None if args.layers == "all" else [s.strip() for s in args.layers.split(",")]
         torch.manual_seed(cfg.seed)
         accs = run_linear(method.backbone, cfg, device, layers, splits)
         result = {"model": model_name, "linear_top1": {k: round(v, 2) for k, v in accs.items()}}

@@ -48,10 +48,11 @@ CHECK_EVERY = 10
 # them is further than this many nats from 1: far inside fp32's range (e^88), and rare once the plan settles, so the
 # steady-state iteration costs what the textbook one does: two reads of the matrix.
 ABSORB_AT = 10.0
-# Exponents are clamped here before exp: on the CPU, exp of an argument that underflows takes a slow path (about 10x
-# the cost of an ordinary one, and at lam=100 most of the matrix underflows). e^-87 is fp32's smallest normal number,
-# so the plan gains at most N*K*1.6e-38 of mass, times e^(2*ABSORB_AT) once the scalings have drifted: about 4e-21
-# at N*K = 5e8, nothing next to its entries of about 1/(N*K). (A much larger ABSORB_AT would break that bound.)
+# Exponents are clamped here before exp: on a CPU, exp of an argument that underflows takes a slow path (about 13x the
+# cost of an ordinary one on a 2-core x86 CPU), and at lam=100 most of the matrix underflows. e^-87 is
+# fp32's smallest normal number, so the plan gains at most N*K*1.6e-38 of mass, times e^(2*ABSORB_AT) once the scalings
+# have drifted: about 4e-21 at N*K = 5e8, nothing next to its entries of about 1/(N*K). (A much larger ABSORB_AT would
+# break that bound.)
 EXP_FLOOR = -87.0
 
 

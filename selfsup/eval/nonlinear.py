@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -82,7 +81,7 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: LR_DROP ** bisect_right(drops, s))
     gen = torch.Generator(device=device).manual_seed(seed)
     pad = max(1, images.shape[1] // 8)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    bf16 = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     heads.train()
     bar = tqdm(range(epochs), desc=f"{kind} classifiers", disable=not progress, dynamic_ncols=True)
     for _ in bar:
@@ -94,7 +93,7 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
             x = pad_crop_flip(images[idx], pad, gen)
             if x.shape[-1] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            with amp():
+            with torch.autocast(**bf16):
                 with torch.no_grad():
                     maps = backbone.forward_taps(x, layers)
                 loss = sum(F.cross_entropy(heads[name](m.float()), labels[idx]) for name, m in maps.items())
