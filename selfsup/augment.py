@@ -1,6 +1,7 @@
 """Batched image augmentation with per-sample random parameters, on any device, seeded by a torch.Generator.
 
-Input is a uint8 batch (B,H,W,3) straight from the dataset; output is a normalised float batch (B,3,S,S).
+Input is a uint8 batch (B,H,W,3) straight from the dataset (or (B,3,H,W), or floats (B,3,H,W) in [0,1]; anything
+else is a one-line error, and the caller's tensor is never modified); output is a normalised float batch (B,3,S,S).
 Geometry (random resized crop, flip, rotation, shear, translation) is one affine warp per sample. Colour
 jitter (brightness, contrast, saturation, hue) and grayscale are linear maps of RGB, so each sample's whole
 colour pipeline, applied in a random order as torchvision does, folds into one 3x3 matrix plus a bias and
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from selfsup.errors import SelfSupError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -217,20 +221,56 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B,H,W,3) -> float (B,3,H,W) in [0,1]."""
+    """uint8 (B,H,W,3) -> float (B,3,H,W) in [0,1] (the training path's layout; see as_unit for any input)."""
+    if images.dtype != torch.uint8:
+        raise SelfSupError(f"expected uint8 images (B,H,W,3), got {images.dtype}")
     return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def to_input(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """Un-augmented network input: uint8 (B,H,W,3) -> normalised float (B,3,size,size), resized with antialiasing."""
-    x = to_float(images)
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return normalize(x)
+def as_unit(images: torch.Tensor, where: str = "images") -> torch.Tensor:
+    """A new float (B,3,H,W) tensor in [0,1] from uint8 (B,H,W,3) or (B,3,H,W) (a last dimension of 3 means
+    channels last), or from floats (B,3,H,W) already in [0,1]. Anything else is a one-line error naming the problem."""
+    if not isinstance(images, torch.Tensor):
+        raise SelfSupError(f"{where}: expected a torch.Tensor, got {type(images).__name__} (torch.from_numpy(array) "
+                           "makes one)")
+    shape = tuple(images.shape)
+    if images.dim() != 4:
+        raise SelfSupError(f"{where}: expected a batch of shape (N,H,W,3) or (N,3,H,W), got {shape}")
+    if images.dtype == torch.uint8:
+        if shape[-1] == 3:
+            return to_float(images)
+        if shape[1] == 3:
+            return images.float().div_(255.0)
+        raise SelfSupError(f"{where}: uint8 images must be (N,H,W,3) or (N,3,H,W), got {shape}")
+    if not images.is_floating_point():
+        raise SelfSupError(f"{where}: expected uint8 or float images, got {images.dtype}")
+    if shape[1] != 3:
+        raise SelfSupError(f"{where}: float images must be (N,3,H,W) with values in [0,1], got {shape} "
+                           "(uint8 images may be channels last)")
+    if images.numel():
+        low, high = (float(v) for v in torch.aminmax(images.detach()))
+        if low < 0 or high > 1:
+            raise SelfSupError(f"{where}: float images must lie in [0,1], these span [{low:.3g}, {high:.3g}] "
+                               "(pass uint8, or divide by 255; not normalised tensors)")
+    return images.detach().to(torch.float32, copy=True)
+
+
+def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Float images (B,3,H,W) resized to size x size (bilinear, antialiased); unchanged when already that size."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def to_input(images: torch.Tensor, size: int | None = None,
+             transform: Callable[[torch.Tensor], torch.Tensor] = normalize) -> torch.Tensor:
+    """Un-augmented network input: images (see as_unit) -> float (B,3,size,size), resized with antialiasing, then
+    `transform` (normalize: what RGB backbones expect; a method's input_transform for others)."""
+    return transform(resize(as_unit(images, "to_input"), size))
 
 
 def pad_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """The classic CIFAR classifier augmentation, batched: uint8 (B,H,W,3) -> normalised (B,3,H,W), each image
+    """The classic CIFAR classifier augmentation, batched: uint8 (B,H,W,3) -> RGB in [0,1], (B,3,H,W), each image
     zero-padded by `pad` pixels, cropped back to HxW at a random offset and flipped with probability 1/2."""
     x = F.pad(to_float(images), (pad, pad, pad, pad))
     b, h, w = images.shape[:3]
@@ -242,15 +282,17 @@ def pad_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) ->
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     batch = torch.arange(b, device=dev)[:, None, None, None]
     chans = torch.arange(3, device=dev)[None, :, None, None]
-    return normalize(x[batch, chans, rows[:, None, :, None], cols[:, None, None, :]])
+    return x[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def augment_unit(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, n: int | None = None,
-                 return_params: bool = False):
-    """Augment a uint8 batch (B,H,W,3) into RGB floats in [0,1], (B,3,S,S); with one source image, n sets how many."""
+def augment_unit(images: torch.Tensor, cfg: AugmentConfig | None = None, generator: torch.Generator | None = None,
+                 n: int | None = None, return_params: bool = False):
+    """Augment a batch (see as_unit) into RGB floats in [0,1], (B,3,S,S); with one source image, n sets how many."""
+    cfg = cfg or AugmentConfig()
     device = images.device
-    count = n if n is not None else images.shape[0]
-    src = to_float(images)
+    src = to_float(images) if images.dtype == torch.uint8 and images.dim() == 4 and images.shape[-1] == 3 \
+        else as_unit(images, "augment")
+    count = n if n is not None else src.shape[0]
     src_h, src_w = src.shape[-2:]
     theta, wh, flip, angle = _geometry(count, cfg, src_h, src_w, generator, device)
     crop_px = torch.minimum(wh[:, 0] * src_w, wh[:, 1] * src_h)
@@ -271,9 +313,22 @@ def augment_unit(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
     return x, AugmentParams(theta, wh, flip, angle, color, jitter, factors, gray, sigma, solar)
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, n: int | None = None,
-            return_params: bool = False):
-    """Augment a uint8 batch (B,H,W,3) into normalised network input (B,3,S,S)."""
+def augment(images: torch.Tensor, cfg: AugmentConfig | None = None, generator: torch.Generator | None = None,
+            n: int | None = None, return_params: bool = False):
+    """Augment a batch into normalised network input (B,3,S,S).
+
+    Args:
+        images: uint8 (B,H,W,3) or (B,3,H,W), or float (B,3,H,W) in [0,1]; never modified.
+        cfg: the augmentation (default AugmentConfig(): SimCLR-style crops, flips and colour at 32 px).
+        generator: the random source (a torch.Generator on the images' device), for reproducible batches.
+        n: with a single source image, how many augmented images to make from it.
+        return_params: also return the drawn AugmentParams.
+
+    Example:
+        >>> views = augment(torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8), simclr_recipe(32))
+        >>> views.shape
+        torch.Size([8, 3, 32, 32])
+    """
     out = augment_unit(images, cfg, generator, n, return_params)
     if return_params:
         return normalize(out[0]), out[1]
@@ -300,5 +355,5 @@ def single_image_recipe(size: int = 64) -> AugmentConfig:
                          hue=0.1, grayscale_p=0.0)
 
 
-__all__ = ["AugmentConfig", "AugmentParams", "augment", "augment_unit", "synthesize", "simclr_recipe", "single_image_recipe",
-           "to_input", "to_float", "normalize"]
+__all__ = ["AugmentConfig", "AugmentParams", "augment", "augment_unit", "synthesize", "simclr_recipe",
+           "single_image_recipe", "to_input", "to_float", "as_unit", "resize", "normalize", "pad_crop_flip"]

@@ -1,18 +1,22 @@
-"""`selfsup` command line: pretrain, eval knn|linear|nonlinear|quadrant, labels, transfer, export, study, bench, demo."""
+"""`selfsup` command line: pretrain, eval knn|linear|nonlinear|quadrant, labels, transfer, export, config, study,
+bench, demo. Each handler is a few lines over the library."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from selfsup.errors import SelfSupError
+from selfsup.errors import SelfSupError, SelfSupWarning
+
+_python_showwarning = warnings.showwarning
 
 
 def _pretrain(args) -> None:
-    from selfsup.config import load_config
-    from selfsup.train import pretrain
+    from selfsup.config import apply_overrides, load_config, load_run_config
+    from selfsup.engine import pretrain
 
     out = Path(args.out) if args.out else None
     if args.recipe and "=" in args.recipe and not Path(args.recipe).is_file():
@@ -23,7 +27,7 @@ def _pretrain(args) -> None:
         saved = out / "config.yaml"
         if not saved.is_file():
             raise SelfSupError(f"cannot resume: {saved} does not exist")
-        cfg = load_config(saved, args.overrides)
+        cfg = apply_overrides(load_run_config(saved), args.overrides)
     else:
         if args.recipe is None:
             raise SelfSupError("give a recipe, e.g. selfsup pretrain recipes/simclr_cifar10.yaml")
@@ -38,140 +42,59 @@ def _pretrain(args) -> None:
     print(json.dumps({"run": str(out), **metrics}))
 
 
+def _layers(text: str) -> list[str] | None:
+    return None if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
+
+
 def _eval(args) -> None:
-    import torch
+    from selfsup.eval.protocols import evaluate_run
 
-    from selfsup.config import apply_overrides
-    from selfsup.distributed import pick_device
-    from selfsup.eval import eval_splits, run_knn, run_linear
-    from selfsup.report import write_probe_report
-    from selfsup.train import load_backbone
-
-    device = pick_device(args.device)
-    method, cfg = load_backbone(args.run, device, random_init=args.random_init)
-    apply_overrides(cfg, args.overrides)
-    model_name = "random init" if args.random_init else "pretrained"
-    splits = eval_splits(cfg)
-    layers = None if args.layers == "all" else [s.strip() for s in args.layers.split(",")]
-    if args.protocol == "knn":
-        top1 = run_knn(method.backbone, cfg, device, splits)
-        result = {"model": model_name, "knn_top1": round(top1, 2), "k": cfg.eval.knn_k, "t": cfg.eval.knn_t}
-    elif args.protocol == "quadrant":
-        from selfsup.data.sources import stl10_folds
-        from selfsup.eval.quadrant import run_quadrant
-
-        source = cfg.eval.source or cfg.data.source
-        # STL-10's protocol: one classifier per predefined 1,000-image training fold.
-        folds = stl10_folds(cfg.eval.root or cfg.data.root) if source == "stl10" and cfg.eval.train_split == "train" else None
-        result = {"model": model_name, **run_quadrant(method.backbone, *splits, device, args.size, args.classifier, folds,
-                                                      probe_epochs=cfg.eval.probe_epochs, seed=cfg.seed)}
-    elif args.protocol == "nonlinear":
-        from selfsup.eval.nonlinear import HEADS, train_heads
-
-        if layers is None:  # every tap; the conv classifier needs maps, so every spatial one
-            shapes = method.backbone.tap_shapes(cfg.model.input_size)
-            layers = [n for n, shape in shapes.items() if args.head == "mlp" or len(shape) == 3]
-        train, test = splits
-        accs = train_heads(method.backbone, layers, args.head, train.images, train.labels, test.images, test.labels,
-                           cfg.model.input_size, device, args.epochs, cfg.seed)
-        result = {"model": model_name, "head": args.head, "epochs": args.epochs or HEADS[args.head]["epochs"],
-                  "top1": {k: round(v, 2) for k, v in accs.items()}}
-    else:
-        torch.manual_seed(cfg.seed)
-        accs = run_linear(method.backbone, cfg, device, layers, splits)
-        result = {"model": model_name, "linear_top1": {k: round(v, 2) for k, v in accs.items()}}
-        write_probe_report(Path(args.run), _probe_history(Path(args.run), model_name, accs),
-                           title=f"Linear probes: {Path(args.run).name}", note=f"eval source {cfg.eval.source or cfg.data.source}")
-    with open(Path(args.run) / "eval.jsonl", "a") as f:
-        f.write(json.dumps({"protocol": args.protocol, **result}) + "\n")
-    print(json.dumps(result))
-
-
-def _probe_history(run: Path, model_name: str, accs: dict[str, float]) -> dict[str, dict[str, float]]:
-    """This probe result beside the run's earlier ones on the same layers (so the report shows both models)."""
-    results: dict[str, dict[str, float]] = {}
-    log = run / "eval.jsonl"
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("protocol") == "linear" and list(entry["linear_top1"]) == list(accs):
-                results[entry.get("model", "pretrained")] = entry["linear_top1"]
-    results[model_name] = accs
-    return results
+    print(json.dumps(evaluate_run(args.run, args.protocol, args.overrides, _layers(args.layers), args.device,
+                                  args.random_init, size=args.size, classifier=args.classifier, head=args.head,
+                                  epochs=args.epochs)))
 
 
 def _labels(args) -> None:
-    import csv
+    from selfsup.eval.protocols import export_labels
 
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from selfsup.distributed import pick_device
-    from selfsup.eval.cluster import cluster_metrics
-    from selfsup.methods.base import dataset_pass
-    from selfsup.report import cluster_grid
-    from selfsup.train import load_backbone, training_data
-
-    device = pick_device(args.device)
-    method, cfg = load_backbone(args.run, device)
-    if not hasattr(method, "labels"):
-        raise SelfSupError(f"{args.run} is a {cfg.method} run, which makes no labels; use a sela or deepcluster run")
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
-    data = training_data(cfg)[0]  # the same images the run trained on (synthesised ones are made again, seeded)
-    images = torch.from_numpy(np.array(data.images)).to(device)
-    labels = method.labels.view(-1, len(data)).cpu()  # (heads, N)
-    probs = F.softmax(dataset_pass(method.logits, images, cfg.model.input_size), dim=-1).cpu()  # (N, heads, K)
-    features = dataset_pass(method.backbone, images, cfg.model.input_size).cpu()
-    conf = probs.gather(2, labels.T[:, :, None]).squeeze(2)  # the model's probability of each sample's label
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        heads = range(labels.shape[0])
-        writer.writerow(["index", *[c for t in heads for c in (f"label_{t}", f"confidence_{t}")]]
-                        + (["true_label"] if data.labels is not None else []))
-        for i in range(len(data)):
-            row = [i, *[v for t in heads for v in (int(labels[t, i]), f"{float(conf[i, t]):.4f}")]]
-            writer.writerow(row + ([int(data.labels[i])] if data.labels is not None else []))
-    tmp.replace(out)
-    grid = cluster_grid(np.asarray(data.images), features, labels[0], out.with_name(out.stem + "_clusters.png"))
-    result = {"labels": str(out), "cluster_grid": str(grid), "samples": len(data), "heads": labels.shape[0]}
-    if data.labels is not None:
-        result["head_0"] = {k: round(v, 4) for k, v in cluster_metrics(labels[0].numpy(), data.labels).items()}
-    print(json.dumps(result))
+    print(json.dumps(export_labels(args.run, args.output, args.device, args.force)))
 
 
 def _transfer(args) -> None:
-    from selfsup.config import apply_overrides, load_config
-    from selfsup.train import load_checkpoint, pretrain
+    from selfsup.methods.supervised import transfer
 
-    source = Path(args.source)
-    cfg = load_config(overrides=load_checkpoint(source)["config"])
-    cfg.method, cfg.data.labels_file, cfg.model.backbone = "supervised", str(args.labels), args.arch
-    apply_overrides(cfg, args.overrides)
-    out = Path(args.out) if args.out else source.parent / f"{source.name}-transfer-{args.arch}"
-    metrics = pretrain(cfg, out, force=args.force)
-    print(json.dumps({"run": str(out), **metrics}))
+    print(json.dumps(transfer(args.labels, args.arch, args.source, args.overrides, args.out, args.force)))
 
 
 def _export(args) -> None:
-    from safetensors.torch import save_file
+    from selfsup.export import export_backbone
 
-    from selfsup.nets import ResNet
-    from selfsup.train import load_backbone
+    print(json.dumps(export_backbone(args.run, args.output, args.format, args.force)))
 
-    method, _ = load_backbone(args.run)
-    backbone = method.backbone
-    state = backbone.torchvision_state_dict() if isinstance(backbone, ResNet) else backbone.state_dict()
-    out = Path(args.output) if args.output else Path(args.run) / "backbone.safetensors"
-    if out.exists() and not args.force:
-        raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(out)
-    print(json.dumps({"exported": str(out), "tensors": len(state)}))
+
+def _config(args) -> None:
+    import yaml
+
+    from selfsup.config import config_keys, config_to_dict, import_modules, load_config
+
+    if args.action == "show":
+        if args.target is None:
+            raise SelfSupError("give a recipe, e.g. selfsup config show recipes/simclr_cifar10.yaml [key=value ...]")
+        recipe, overrides = args.target, args.overrides
+        if "=" in recipe and not Path(recipe).is_file():  # no recipe: defaults and overrides
+            recipe, overrides = None, [recipe, *overrides]
+        cfg = load_config(recipe, overrides)
+        cfg.section()  # an unknown method is an error here, not a silent omission
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return
+    if args.overrides:
+        raise SelfSupError(f"config keys takes at most a method name, got {' '.join(args.overrides)}")
+    import_modules([m.strip() for m in (args.imports or "").split(",") if m.strip()])
+    rows = config_keys(args.target)
+    width = max(len(k) for k, _, _ in rows)
+    kinds = max(len(t) for _, t, _ in rows)
+    for key, kind, default in rows:
+        print(f"{key:<{width}}  {kind:<{kinds}}  {json.dumps(default)}")
 
 
 def _demo(args) -> None:
@@ -198,10 +121,7 @@ def _bench(args) -> None:
     from selfsup.methods import METHODS
 
     methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    overrides = {}
-    for pair in args.overrides:
-        key, _, value = pair.partition("=")
-        overrides[key] = value
+    overrides = dict(pair.partition("=")[::2] for pair in args.overrides)
     md, results = bench(methods, args.device, args.out, args.tiny, set(filter(None, args.skip.split(","))), overrides,
                         args.force, command="selfsup bench " + " ".join(sys.argv[2:]), compiled=args.compile)
     failed = sum("error" in r["result"] for r in results)
@@ -211,7 +131,10 @@ def _bench(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from selfsup import __version__
+
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
+    p.add_argument("--version", action="version", version=f"selfsup {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain", help="pretrain a method from a YAML recipe")
@@ -258,8 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--force", action="store_true")
     tr.set_defaults(func=_transfer)
 
-    ex = sub.add_parser("export", help="write the backbone as a safetensors state_dict (torchvision key names for ResNets)")
+    ex = sub.add_parser("export", help="write a run's backbone for use without selfsup: safetensors, or a ResNet that "
+                        "loads with strict=True into torchvision's or timm's model (the output names the line that builds it)")
     ex.add_argument("run")
+    ex.add_argument("--format", choices=["safetensors", "torchvision", "timm"], default="safetensors",
+                    help="safetensors (default; torchvision key names for ResNets), torchvision (.pth for "
+                         "selfsup.nets.torchvision_resnet), timm (.safetensors for selfsup.nets.timm_resnet)")
     ex.add_argument("--output", "-o")
     ex.add_argument("--force", action="store_true")
     ex.set_defaults(func=_export)
@@ -286,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--force", action="store_true", help="replace today's results file for this device")
     be.set_defaults(func=_bench)
 
+    cf = sub.add_parser("config", help="show a recipe's resolved config, or list every config key with type and default")
+    cf.add_argument("action", choices=["show", "keys"], help="show RECIPE [key=value ...] | keys [METHOD]")
+    cf.add_argument("target", nargs="?", help="show: the recipe; keys: a method (only its section besides the common ones)")
+    cf.add_argument("overrides", nargs="*", help="show: key=value overrides, e.g. optim.lr=0.3")
+    cf.add_argument("--imports", help="keys: modules whose methods to list too (comma list), as the config key imports")
+    cf.set_defaults(func=_config)
+
     de = sub.add_parser("demo", help="offline CPU demo: the single-image study in miniature (RotNet, SimCLR; one photograph "
                         "vs all of digits; probes on every layer)")
     de.add_argument("--out", "-o", default="runs/demo", help="demo directory; finished cells in it are reused")
@@ -295,8 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """selfsup's own warnings as one line, like its errors; others as Python prints them."""
+    if issubclass(category, SelfSupWarning):
+        print(f"selfsup: warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2."""
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow the options too (argparse stops collecting positionals at the first option).

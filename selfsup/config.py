@@ -1,18 +1,30 @@
-"""Typed run configuration: dataclasses, YAML recipes and `key=value` overrides. Nothing is rescaled silently."""
+"""Typed run configuration: dataclasses, YAML recipes and `key=value` overrides. Nothing is rescaled silently.
+
+A run's config has the common sections (data, model, augment, optim, eval) and one more: the section of its
+method, named after it (`simclr:`, `sela:`, ...) and typed by the dataclass that lives in the method's own
+file. `cfg.section()` is the run's own method section; `cfg.sela` reads the `sela` section by name. Sections
+of other methods may be given (a recipe switched with `method=...`); they are checked, and only the run's own
+is written to its `config.yaml`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import sys
 import types
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from selfsup.augment import AugmentConfig, single_image_recipe
 from selfsup.errors import SelfSupError
-from selfsup.exemplar import ExemplarTransformConfig
+
+IN_MEMORY = "memory"  # data.source of a run given its images as an array (selfsup.fit)
 
 
 @dataclass
@@ -25,12 +37,11 @@ class DataConfig:
     size: int | None = None  # resize (shorter side + centre crop) while decoding; None keeps the source size
     samples_per_epoch: int | None = None  # draw this many indices with replacement per epoch (e.g. one image)
     download: bool = False
-    labels_file: str | None = None  # method supervised: a CSV from `selfsup labels` instead of the source's labels
     imbalance: str | None = None  # light | heavy: keep 100% of class 0 down to 50% / 10% of the last class
     num_images: int | None = None  # train on a seeded random subset of this many source images (e.g. 1 or 10)
     # Fewer source images than a batch (e.g. one photograph): every batch is made of new images synthesised
     # from them by `single_image` augmentation, and the method draws its own views from those. Methods that keep
-    # a label per sample (sela, deepcluster, exemplar, ...) get samples_per_epoch images synthesised once instead.
+    # something per sample (sela, deepcluster, exemplar, ...) get samples_per_epoch images synthesised once instead.
     synthesize: bool | None = None  # None: on when the source holds fewer images than batch_size
     single_image: AugmentConfig = field(default_factory=single_image_recipe)
 
@@ -87,103 +98,11 @@ class EvalConfig:
 
 
 @dataclass
-class SimCLRConfig:
-    """SimCLR's projection head and loss."""
-
-    temperature: float = 0.5
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-
-
-@dataclass
-class SeLaConfig:
-    """SeLa: heads, clusters, and the label-optimisation schedule."""
-
-    num_clusters: int = 128
-    num_heads: int = 10
-    lam: float = 10.0  # the paper uses 25 on ImageNet and 10 in its CIFAR code
-    label_steps: int = 20  # label optimisations spread over training, the first at epoch 0
-    spacing: str = "linear"  # linear | quadratic (more label steps early)
-    sinkhorn_iters: int = 1000
-    sinkhorn_tol: float = 1e-3
-
-
-@dataclass
-class DeepClusterConfig:
-    """DeepCluster: k-means on PCA-whitened, L2-normalised features every epoch."""
-
-    num_clusters: int = 100
-    pca_dim: int = 256
-    kmeans_iters: int = 20
-    backend: str = "auto"  # auto (faiss when installed, else torch) | faiss | torch
-
-
-@dataclass
-class RotNetConfig:
-    """RotNet: how many rotations the classifier tells apart."""
-
-    rotations: int = 4  # 4: 0/90/180/270; 2: 0/180; 8: multiples of 45 degrees
-
-
-@dataclass
-class ColorizationConfig:
-    """Colorization: ab bins, class rebalancing and the annealed-mean readout (Zhang et al. 2016)."""
-
-    loss: str = "classification"  # classification over ab bins | regression (L2 on ab)
-    bin_size: float = 10.0
-    rebalance: float = 0.5  # lambda: mix of the empirical bin prior and uniform
-    temperature: float = 0.38  # annealed mean
-
-
-@dataclass
-class InpaintingConfig:
-    """Context encoder: which region is missing, and how the loss treats its rim (Pathak et al. 2016)."""
-
-    mask: str = "central"  # central | blocks | regions
-    mask_fraction: float = 0.25  # of the image area
-    overlap: int = 2  # rim (pixels) inside the region that stays visible but is predicted; the paper: 4 at 128 px
-    overlap_weight: float = 10.0
-    decoder_width: int = 128
-    adversarial: float = 0.0  # weight of the adversarial loss; the paper's joint loss uses 0.001 (and 0.999 on reconstruction)
-
-
-@dataclass
-class BiGANConfig:
-    """BiGAN: latent size and the widths of the generator and discriminator."""
-
-    z_dim: int = 128
-    generator_width: int = 256
-    discriminator_width: int = 64
-    stochastic_encoder: bool = False  # E gives a mean and a log-std and z is drawn from them (as ALI does)
-    reconstruction: float = 0.0  # weight of ALICE's cycle term ||x - G(E(x))||^2 on E and G (0: the paper's BiGAN)
-
-
-@dataclass
-class ExemplarConfig:
-    """Exemplar-CNN: seed patches as surrogate classes, and the transformations (shared by method instance)."""
-
-    num_seeds: int = 8000  # surrogate classes; the paper goes up to 32,000
-    patch: int = 32
-    image_size: int | None = None  # sources are resized to this before seeds are cut; None: 64, or larger sources as they are
-    samples_per_class: int = 100  # transformed copies of every seed per epoch
-    transform: ExemplarTransformConfig = field(default_factory=ExemplarTransformConfig)
-
-
-@dataclass
-class InstanceConfig:
-    """Instance discrimination: every training image its own class, scored against a memory bank."""
-
-    dim: int = 128  # width of the normalised embedding kept per image
-    negatives: int = 4096  # bank entries drawn per step for the sampled softmax
-    temperature: float = 0.07
-    momentum: float = 0.5  # bank entry <- normalise(momentum * entry + (1 - momentum) * new embedding)
-
-
-@dataclass
 class Config:
-    """One run."""
+    """One run: the common sections, and the section of its method (see the module docstring)."""
 
     method: str = "simclr"
+    imports: list[str] = field(default_factory=list)  # modules (or .py files) imported first: your own methods
     epochs: int = 100
     batch_size: int = 512  # global, across all processes
     seed: int = 0
@@ -199,15 +118,27 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
-    sela: SeLaConfig = field(default_factory=SeLaConfig)
-    deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)
-    exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
-    rotnet: RotNetConfig = field(default_factory=RotNetConfig)
-    colorization: ColorizationConfig = field(default_factory=ColorizationConfig)
-    inpainting: InpaintingConfig = field(default_factory=InpaintingConfig)
-    bigan: BiGANConfig = field(default_factory=BiGANConfig)
-    instance: InstanceConfig = field(default_factory=InstanceConfig)
+    # Method sections by method name, made on first use; not a key of its own (recipes write `simclr: {...}`).
+    method_sections: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def section(self, name: str | None = None) -> Any:
+        """The config section of method `name` (default: this run's method), with its defaults until set."""
+        name = name or self.method
+        if name not in self.method_sections:
+            from selfsup.methods.registry import get_method
+
+            self.method_sections[name] = get_method(name).config_class()
+        return self.method_sections[name]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: `cfg.sela` is the sela section.
+        if name.startswith("_") or name == "method_sections":
+            raise AttributeError(name)
+        from selfsup.methods.registry import find_method
+
+        if find_method(name) is None:
+            raise AttributeError(f"'Config' object has no attribute {name!r}")
+        return self.section(name)
 
 
 def _coerce(value, tp, where: str):
@@ -254,21 +185,71 @@ def _coerce(value, tp, where: str):
     return value
 
 
+def _fields(obj) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(obj) if f.name != "method_sections"]
+
+
+def _merge_section(obj, updates, path: str):
+    if not isinstance(updates, dict):
+        first = next(iter(f.name for f in _fields(obj)), "key")
+        raise SelfSupError(f"{path} is a section; set its keys, e.g. {path}.{first}=...")
+    return _merge(obj, updates, path + ".")
+
+
 def _merge(obj, updates: dict, where: str = ""):
     hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    names = {f.name for f in _fields(obj)}
+    if isinstance(obj, Config):
+        # Imports first (they may register the method), then the method, then everything else.
+        updates = dict(updates)
+        if "imports" in updates:
+            obj.imports = _coerce(updates.pop("imports"), hints["imports"], "imports")
+            import_modules(obj.imports)
+        if "method" in updates:
+            obj.method = _coerce(updates.pop("method"), hints["method"], "method")
     for key, value in updates.items():
         path = f"{where}{key}"
         if key not in names:
-            raise SelfSupError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
+            if isinstance(obj, Config) and _is_method(key):
+                _merge_section(obj.section(key), value, path)
+                continue
+            valid = sorted(names - {"imports"} if isinstance(obj, Config) else names)
+            hint = "; a method's own keys go in its section, e.g. simclr.temperature" if isinstance(obj, Config) else ""
+            raise SelfSupError(f"unknown config key {path!r}; valid keys here: {', '.join(valid)}{hint}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise SelfSupError(f"{path} is a section; set its keys, e.g. {path}.{next(iter(f.name for f in dataclasses.fields(current)))}=...")
-            _merge(current, value, path + ".")
+            _merge_section(current, value, path)
         else:
             setattr(obj, key, _coerce(value, hints[key], path))
     return obj
+
+
+def _is_method(name: str) -> bool:
+    from selfsup.methods.registry import find_method
+
+    return find_method(name) is not None
+
+
+def import_modules(names: list[str]) -> None:
+    """Import each module (a dotted name, or a path to a .py file): where methods outside selfsup register."""
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                path = Path(name).expanduser().resolve()
+                if not path.is_file():
+                    raise SelfSupError(f"imports: {name} does not exist")
+                if path.stem in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except SelfSupError:
+            raise
+        except Exception as e:  # noqa: BLE001 — whatever the module raised, the user needs one line naming it
+            raise SelfSupError(f"imports: cannot import {name!r}: {type(e).__name__}: {e}") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -320,17 +301,77 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | 
     return cfg
 
 
+def upgrade_saved(saved: dict) -> dict:
+    """A run config written by an earlier selfsup (every method's section, labels_file under data) in today's form."""
+    saved = {**saved, "data": dict(saved.get("data") or {})}
+    labels_file = saved["data"].pop("labels_file", None)
+    if labels_file is not None:
+        saved["supervised"] = {**saved.get("supervised", {}), "labels_file": labels_file}
+    if saved.get("method") == "instance" and "transform" in saved.get("exemplar", {}):
+        saved["instance"] = {**saved.get("instance", {}), "transform": saved["exemplar"]["transform"]}
+    return saved
+
+
+def load_run_config(saved: dict | str | Path) -> Config:
+    """The config of a run: its config.yaml (a path) or the dict saved in its checkpoint."""
+    data = read_yaml(saved, "run config") if isinstance(saved, (str, Path)) else saved
+    return load_config(overrides=upgrade_saved(data))
+
+
+def _plain(x):
+    if dataclasses.is_dataclass(x):
+        return {f.name: _plain(getattr(x, f.name)) for f in _fields(x)}
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
 def config_to_dict(cfg: Config) -> dict:
-    """Plain dict (tuples as lists) for YAML/JSON."""
-    def plain(x):
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-    return plain(asdict(cfg))
+    """Plain dict (tuples as lists) for YAML/JSON, with the run's own method section only."""
+    out = _plain(cfg)
+    section = cfg.method_sections.get(cfg.method)
+    if section is None and _is_method(cfg.method):
+        section = cfg.section()
+    if section is not None:
+        out[cfg.method] = _plain(section)
+    return out
 
 
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML."""
     path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _type_name(tp) -> str:
+    text = str(tp) if typing.get_origin(tp) else getattr(tp, "__name__", str(tp))
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def section_keys(obj, prefix: str) -> list[tuple[str, str, Any]]:
+    """(key, type, default) of every leaf key of a config section, nested sections flattened with dots."""
+    hints = typing.get_type_hints(type(obj))
+    rows = []
+    for f in _fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += section_keys(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", _type_name(hints[f.name]), _plain(value)))
+    return rows
+
+
+def config_keys(method: str | None = None) -> list[tuple[str, str, Any]]:
+    """Every config key with its type and default: the common ones, then each method's section (or just `method`'s)."""
+    from selfsup.methods.registry import METHODS, get_method
+
+    rows = section_keys(Config(), "")
+    for name in [method] if method else list(METHODS):
+        rows += section_keys(get_method(name).config_class(), f"{name}.")
+    return rows
+
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "EvalConfig", "IN_MEMORY", "load_config",
+           "apply_overrides", "update_config", "parse_overrides", "read_yaml", "config_to_dict", "save_config",
+           "load_run_config", "upgrade_saved", "config_keys", "section_keys", "import_modules"]

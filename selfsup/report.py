@@ -1,20 +1,21 @@
-"""Reports: a markdown table of per-layer probe accuracy and its plot, and picture grids."""
+"""Reports: a markdown table of per-layer probe accuracy and its plot, and picture grids.
+
+Figures are matplotlib Figure objects drawn and saved without pyplot, so importing this module (or making a
+plot) never switches the backend of a running notebook.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from PIL import Image
 
 from selfsup.augment import MEAN, STD
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def probe_table(results: dict[str, dict[str, float]]) -> str:
@@ -28,7 +29,8 @@ def probe_table(results: dict[str, dict[str, float]]) -> str:
 
 def plot_probes(results: dict[str, dict[str, float]], path: Path, title: str = "") -> None:
     """Accuracy vs layer, one line per model."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     for name, accs in results.items():
         ax.plot(list(accs), list(accs.values()), marker="o", label=name)
     ax.set_xlabel("layer")
@@ -38,7 +40,6 @@ def plot_probes(results: dict[str, dict[str, float]], path: Path, title: str = "
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_probe_report(run_dir: Path, results: dict[str, dict[str, float]], title: str, note: str = "",
@@ -109,7 +110,8 @@ def study_table(rows: dict[str, dict]) -> str:
 def plot_study(rows: dict[str, dict], methods: list[str], path: Path) -> None:
     """Accuracy vs layer: one panel per method, one line per training source, baselines dashed on every panel."""
     baselines = {label: r for label, r in rows.items() if r["method"] in ("random", "supervised")}
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.8), dpi=120, squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.5 * len(methods), 3.8), dpi=120)
+    axes = fig.subplots(1, len(methods), squeeze=False, sharey=True)
     for ax, method in zip(axes[0], methods):
         for label, r in rows.items():
             if r["method"] == method:
@@ -123,13 +125,13 @@ def plot_study(rows: dict[str, dict], methods: list[str], path: Path) -> None:
     axes[0][0].set_ylabel("linear probe top-1 (%)")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def filter_grid(filters: dict[str, np.ndarray], path: Path, columns: int = 4) -> None:
     """Each model's first-layer filters (out, 3, k, k), every filter scaled to [0, 1] on its own, one panel per model."""
     rows = math.ceil(len(filters) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), dpi=120, squeeze=False)
+    fig = Figure(figsize=(3 * columns, 3.2 * rows), dpi=120)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (label, w) in zip(axes.flat, filters.items()):
@@ -145,4 +147,3 @@ def filter_grid(filters: dict[str, np.ndarray], path: Path, columns: int = 4) ->
         ax.set_title(label, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.augment import synthesize
-from selfsup.config import Config, config_to_dict, load_config, read_yaml, update_config
+from selfsup.augment import normalize, synthesize
+from selfsup.config import Config, config_to_dict, load_config, load_run_config, read_yaml, update_config
 from selfsup.distributed import pick_device
+from selfsup.engine import CHECKPOINT, load_checkpoint, load_run, pretrain, read_metrics, source_images
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
-from selfsup.methods import LABELLING, METHODS
+from selfsup.methods import METHODS
 from selfsup.nets import Backbone, backbone_from
 from selfsup.report import filter_grid, image_rows, plot_study, study_table
-from selfsup.train import CHECKPOINT, load_backbone, load_checkpoint, pretrain, source_images
 
 STUDY_KEYS = ("methods", "sources", "baselines", "base", "overrides")
 BASELINES = ("random", "supervised")
@@ -91,8 +91,9 @@ class Study:
         """base, then the method's overrides, then what the source needs."""
         cfg = load_config(overrides=self.base)
         update_config(cfg, self.overrides.get(method, {}))
-        cfg.method = "rotnet" if method == "random" else method  # random init: any method builds the same backbone
-        if method in LABELLING and source == "all":
+        if method != "random":  # random init is the backbone alone: no method
+            cfg.method = method
+        if method in METHODS and METHODS[method].per_sample_state and source == "all":
             cfg.data.samples_per_epoch = None  # they keep a label per image: epochs over the real images, no resampling
         if source.isdigit():
             cfg.data.num_images = int(source)
@@ -122,9 +123,10 @@ def make_study(data: dict, methods: list[str] | None = None, sources: list[str] 
                   [str(b) for b in data.get("baselines") or []], data.get("base") or {}, data.get("overrides") or {})
     if not study.methods or not study.sources:
         raise SelfSupError(f"{where}: a study needs at least one method and one source")
+    pretraining = [k for k, cls in METHODS.items() if not cls.needs_targets]
     for m in study.methods:
-        if m not in METHODS or m == "supervised":
-            raise SelfSupError(f"{where}: unknown study method {m!r}; use pretraining methods from {', '.join(k for k in METHODS if k != 'supervised')}")
+        if m not in pretraining:
+            raise SelfSupError(f"{where}: unknown study method {m!r}; use pretraining methods from {', '.join(pretraining)}")
     for b in study.baselines:
         if b not in BASELINES:
             raise SelfSupError(f"{where}: unknown baseline {b!r}; use {' or '.join(BASELINES)}")
@@ -138,15 +140,17 @@ def make_study(data: dict, methods: list[str] | None = None, sources: list[str] 
     return study
 
 
-def _same_config(saved: dict, cfg: Config, ignore: tuple[str, ...] = ()) -> bool:
-    """Whether a saved config dict is cfg (leaving out the `ignore` sections)."""
-    a, b = config_to_dict(load_config(overrides=saved)), config_to_dict(cfg)
-    return all(a[k] == b[k] for k in a if k not in ignore)
+def _same_config(saved: dict, cfg: Config, ignore: tuple[str, ...] = (), method: bool = True) -> bool:
+    """Whether a saved config dict is cfg (leaving out the `ignore` sections, and the method when not `method`)."""
+    a, b = config_to_dict(load_run_config(saved)), config_to_dict(cfg)
+    if not method:  # a random-init cell trains no method: which one its config names does not matter
+        ignore = (*ignore, "method", a["method"], b["method"])
+    return a.keys() - set(ignore) == b.keys() - set(ignore) and all(a[k] == b[k] for k in a if k not in ignore)
 
 
 def _random_backbone(cfg: Config) -> Backbone:
-    torch.manual_seed(cfg.seed)  # as pretrain does before building the method: the runs' own starting point
-    return backbone_from(cfg.model).eval()
+    torch.manual_seed(cfg.seed)  # as fit does before building the method: the runs' own starting point
+    return backbone_from(cfg.model)
 
 
 def run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bool, progress: bool = True) -> dict:
@@ -156,7 +160,7 @@ def run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bo
     if not force:
         if saved.is_file():
             result = json.loads(saved.read_text())
-            if _same_config(result["config"], cfg):
+            if _same_config(result["config"], cfg, method=cell.method != "random"):
                 return result
             if run is None:
                 raise SelfSupError(f"{cell_dir} holds results for another config than cell {cell.name}; pass --force to redo it")
@@ -166,22 +170,23 @@ def run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bo
     knn = None
     if cell.method == "random":
         cell_dir.mkdir(parents=True, exist_ok=True)
-        backbone, train = _random_backbone(cfg).to(device), {}
+        backbone, transform, train = _random_backbone(cfg).to(device).eval(), normalize, {}
     else:
         if run is None or run["epoch"] < cfg.epochs:
             # Without a checkpoint the directory holds at most a partial first epoch: starting over loses nothing.
             pretrain(cfg, cell_dir, resume=run is not None, force=run is None, progress=progress)
-        lines = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()]
+        lines = read_metrics(cell_dir)
         train = {"epochs": lines[-1]["epoch"], "train_minutes": round(sum(x["epoch_seconds"] for x in lines) / 60, 2),
                  "final_loss": round(lines[-1]["loss"], 4)}
         if run is None or run["epoch"] < cfg.epochs or _same_config(run["config"], cfg):
             knn = lines[-1].get("knn_top1")  # pretraining's last epoch measured it with this eval section
-        backbone = load_backbone(cell_dir, device)[0].backbone
+        method = load_run(cell_dir, device)
+        backbone, transform = method.backbone, method.input_transform
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    linear = linear_probes(tap_features(backbone, cfg, device, None, splits), cfg, device)  # every tap
+    linear = linear_probes(tap_features(backbone, cfg, device, None, splits, transform), cfg, device)  # every tap
     if knn is None:
-        knn = run_knn(backbone, cfg, device, splits)
+        knn = run_knn(backbone, cfg, device, splits, transform)
     result = {"cell": cell.name, "label": cell.label, "method": cell.method, "source": cell.source,
               "linear": {k: round(v, 2) for k, v in linear.items()}, "knn": round(knn, 2), **train,
               "probe_minutes": round((time.time() - t0) / 60, 2),

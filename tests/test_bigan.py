@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.config import load_config
-from selfsup.methods import build_method
+from selfsup.methods import DataInfo, build_method
 from selfsup.methods.base import Batch
 
 from fitting import fit
@@ -18,7 +18,7 @@ def _bigan(size=16):
                                  "augment": {"size": size, "crop_scale": [1.0, 1.0], "jitter_p": 0.0, "grayscale_p": 0.0},
                                  "bigan": {"z_dim": 8, "generator_width": 32, "discriminator_width": 16}})
     torch.manual_seed(0)
-    return build_method(cfg, 32)
+    return build_method(cfg, DataInfo(32))
 
 
 def test_discriminator_sees_matched_real_and_fake_pairs():
@@ -75,7 +75,8 @@ def test_bigan_rejects_an_input_size_its_generator_cannot_make():
     from selfsup.errors import SelfSupError
 
     with pytest.raises(SelfSupError, match="power-of-two"):
-        build_method(load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": 24}}))
+        build_method(load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": 24},
+                                            "augment": {"size": 24}}))
 
 
 def test_sample_grid_shows_samples_reals_and_reconstructions():
@@ -93,7 +94,7 @@ def test_stochastic_encoder_draws_around_its_mean():
                                  "augment": {"size": 16}, "bigan": {"z_dim": 8, "generator_width": 32,
                                                                      "discriminator_width": 16, "stochastic_encoder": True}})
     torch.manual_seed(0)
-    m = build_method(cfg, 32).eval()
+    m = build_method(cfg, DataInfo(32)).eval()
     assert m.to_z.out_features == 16
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():

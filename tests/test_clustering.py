@@ -12,7 +12,7 @@ from selfsup.eval.cluster import cluster_metrics, hungarian_accuracy
 from selfsup.methods.deepcluster import kmeans, kmeans_torch, pca_whiten
 from selfsup.methods.sela import label_schedule
 from selfsup.ot import self_label, sinkhorn
-from selfsup.train import load_checkpoint, pretrain
+from selfsup.engine import load_checkpoint, pretrain
 
 from test_train import tiny_config
 
@@ -119,14 +119,14 @@ def test_labelling_methods_train_resume_and_export(method, extra, tmp_path):
 
 def test_deepcluster_samples_uniformly_over_clusters():
     from selfsup.config import load_config
-    from selfsup.methods import build_method
+    from selfsup.methods import DataInfo, build_method
 
     cfg = load_config(overrides={"method": "deepcluster", "model": {"backbone": "exemplar_small"},
                                  "deepcluster": {"num_clusters": 4}})
-    method = build_method(cfg, num_samples=1000)
-    method.labels.copy_(torch.tensor([0] * 700 + [1] * 200 + [2] * 100 + [3] * 0))  # cluster 3 is empty
+    method = build_method(cfg, DataInfo(num_samples=1000))
+    method.labels[0] = torch.tensor([0] * 700 + [1] * 200 + [2] * 100 + [3] * 0)  # cluster 3 is empty
     order = method.epoch_order(20000, torch.Generator().manual_seed(0))
-    freq = torch.bincount(method.labels[order], minlength=4).float() / 20000
+    freq = torch.bincount(method.labels[0, order], minlength=4).float() / 20000
     assert freq[3] == 0 and (freq[:3] - 1 / 3).abs().max() < 0.02
 
 
@@ -138,14 +138,13 @@ def test_labelling_methods_refuse_resampled_real_images(tmp_path):
 
 
 def test_labelling_methods_train_on_images_synthesised_once(tmp_path):
-    from selfsup.train import training_data
+    from selfsup.engine import run_images
 
     # Ten digits: fewer than a batch, so 128 images are synthesised from them once, the same every time.
     cfg = tiny_config(method="sela", data={"num_images": 10}, sela={"num_clusters": 4, "num_heads": 2, "label_steps": 2})
-    data, fresh = training_data(cfg)
-    again, _ = training_data(cfg)
+    data, again = run_images(cfg), run_images(cfg)
     size = cfg.data.single_image.size
-    assert not fresh and data.images.shape == (128, size, size, 3) and np.array_equal(data.images, again.images)
+    assert data.images.shape == (128, size, size, 3) and np.array_equal(data.images, again.images)
     pretrain(cfg, tmp_path / "run", progress=False)
     assert load_checkpoint(tmp_path / "run")["method"]["labels"].shape == (2, 128)
 

@@ -6,7 +6,7 @@ import torch
 from kornia.color import lab_to_rgb, rgb_to_lab
 
 from selfsup.config import load_config
-from selfsup.methods import build_method
+from selfsup.methods import DataInfo, build_method
 from selfsup.methods.base import Batch
 from selfsup.methods.colorization import annealed_mean, gamut_bins, rebalancing_weights, soft_encode
 
@@ -78,7 +78,7 @@ def test_colorization_learns_to_paint_on_a_tiny_set(loss):
     cfg = load_config(overrides={"method": "colorization", "model": {"backbone": "exemplar_small", "input_size": 16},
                                  "augment": {"size": 16, "crop_scale": [0.8, 1.0]}, "colorization": {"loss": loss}})
     torch.manual_seed(0)
-    method = build_method(cfg, 64)
+    method = build_method(cfg, DataInfo(64))
     images = _discs(64, 0)
     method.on_train_start(images)
     losses = [h["loss"].item() for h in fit(method, images, 60, torch.optim.Adam(method.parameters(), lr=3e-3))]
@@ -97,7 +97,7 @@ def test_sample_grid_shows_input_prediction_and_truth():
     cfg = load_config(overrides={"method": "colorization", "model": {"backbone": "exemplar_small", "input_size": 16},
                                  "augment": {"size": 16}})
     torch.manual_seed(0)
-    method = build_method(cfg, 8)
+    method = build_method(cfg, DataInfo(8))
     grid = method.sample_grid(_discs(8, 0), torch.Generator().manual_seed(0))
     assert grid.dtype == np.uint8 and grid.shape == (2 * (3 * 16 + 2 * 2), 2 * (8 * 16 + 7 * 2), 3)
     assert method.training  # the previous mode is restored

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from selfsup.config import load_config
-from selfsup.methods import METHODS, Batch, EpochContext, build_method
+from selfsup.methods import METHODS, Batch, DataInfo, EpochContext, build_method
 from selfsup.methods.base import Tape
 
 WORLD, BATCH, N_DATA, SIZE = 3, 12, 30, 16
@@ -49,7 +49,7 @@ def _build(name: str) -> nn.Module:
                                  "augment": {"size": SIZE}, **OVERRIDES.get(name, {})})
     targets = torch.arange(N_DATA)[None] % 10
     torch.manual_seed(0)
-    method = build_method(cfg, N_DATA, targets if name == "supervised" else None)
+    method = build_method(cfg, DataInfo(N_DATA, SIZE, targets))
     for parent in list(method.modules()):
         for child_name, child in parent.named_children():
             if isinstance(child, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
@@ -160,7 +160,7 @@ def test_torchrun_pretrain_two_processes_on_cpu(tmp_path):
 
 def test_sync_bn_on_cpu_is_a_one_line_error(tmp_path):
     from selfsup.errors import SelfSupError
-    from selfsup.train import pretrain
+    from selfsup.engine import pretrain
 
     cfg = load_config(overrides={"sync_bn": True, "device": "cpu", "data": {"source": "digits"}})
     with pytest.raises(SelfSupError, match="sync_bn needs CUDA"):

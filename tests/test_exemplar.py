@@ -13,15 +13,16 @@ from kornia.color import rgb_to_hsv
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import load_source
-from selfsup.exemplar import (ExemplarTransformConfig, gradient_energy, load_seeds, pixel_pca, sample_seeds, save_seeds,
+from selfsup.methods.exemplar.seeds import (ExemplarTransformConfig, gradient_energy, load_seeds, pixel_pca, sample_seeds, save_seeds,
                               transform)
 from selfsup.eval.quadrant import SVM_C, linear_svm, quadrant_dim, quadrant_features, run_quadrant
-from selfsup.exemplar import resize_images
+from selfsup.methods.exemplar.seeds import resize_images
 from selfsup.methods.base import Batch
-from selfsup.methods import build_method
+from selfsup.methods import DataInfo, build_method
 from selfsup.methods.exemplar import Exemplar
 from selfsup.nets import build_backbone
-from selfsup.train import SEEDS, load_backbone, pretrain
+from selfsup.engine import load_run, pretrain
+from selfsup.methods.exemplar import SEEDS
 
 from test_train import tiny_config
 
@@ -172,7 +173,7 @@ def test_surrogate_task_learns_on_a_tiny_set(tmp_path):
     pretrain(cfg, tmp_path / "run", progress=False)
     seeds = load_seeds(tmp_path / "run" / SEEDS)
     assert len(seeds.context) == 16 and seeds.context.shape[1] == 32
-    method, _ = load_backbone(tmp_path / "run")
+    method = load_run(tmp_path / "run")
     assert isinstance(method, Exemplar) and method.classifier.out_features == 16
     # Fresh transformed copies (never seen in training) of every seed, classified among the 16 surrogate classes.
     images = torch.from_numpy(seeds.context).repeat(8, 1, 1, 1)
@@ -196,7 +197,7 @@ def test_instance_mode_keeps_a_unit_norm_bank_per_image(tmp_path):
     cfg = _exemplar_config(method="instance", epochs=2, batch_size=32, instance={"negatives": 64, "dim": 8})
     cfg.augment.size = 16
     pretrain(cfg, tmp_path / "run", progress=False)
-    method, _ = load_backbone(tmp_path / "run")
+    method = load_run(tmp_path / "run")
     bank, n = method.bank, len(load_source("digits", "train"))
     assert bank.shape == (n, 8)  # one entry per training image
     torch.testing.assert_close(bank.norm(dim=1), torch.ones(n), atol=1e-5, rtol=0)
@@ -242,7 +243,7 @@ def _bank_worker(rank: int, init_file: str, out_dir: str) -> None:
         cfg = load_config(overrides={"method": "instance", "model": {"backbone": "exemplar_small", "input_size": 16},
                                      "instance": {"dim": 8, "negatives": 16}})
         torch.manual_seed(0)
-        method = build_method(cfg, 40)
+        method = build_method(cfg, DataInfo(40))
         model = torch.nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         images = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))

@@ -6,7 +6,7 @@ import torch
 
 from selfsup.config import load_config
 from selfsup.errors import SelfSupError
-from selfsup.methods import build_method
+from selfsup.methods import DataInfo, build_method
 from selfsup.methods.base import Batch
 from selfsup.methods.inpainting import MASKS, erode, make_masks
 
@@ -57,7 +57,7 @@ def test_context_encoder_fills_the_hole_better_than_the_mean():
                                  "augment": {"size": 32, "crop_scale": [1.0, 1.0], "jitter_p": 0.0, "grayscale_p": 0.0,
                                              "flip_p": 0.0}, "inpainting": {"decoder_width": 32}})
     torch.manual_seed(0)
-    method = build_method(cfg, 64)
+    method = build_method(cfg, DataInfo(64))
     images = _stripes(64, 0)
     losses = [h["loss"].item() for h in fit(method, images, 60, torch.optim.Adam(method.parameters(), lr=3e-3))]
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
@@ -76,7 +76,7 @@ def _small(**inpainting):
     cfg = load_config(overrides={"method": "inpainting", "model": {"backbone": "exemplar_small", "input_size": 16},
                                  "augment": {"size": 16}, "inpainting": {"decoder_width": 16, **inpainting}})
     torch.manual_seed(0)
-    return build_method(cfg, 8)
+    return build_method(cfg, DataInfo(8))
 
 
 def test_sample_grid_pastes_the_prediction_into_the_region_only():

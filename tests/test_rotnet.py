@@ -11,7 +11,7 @@ from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch
 from selfsup.methods.rotnet import RotNet, rotate, rotation_batch
 from selfsup.nets import build_backbone
-from selfsup.train import load_backbone, pretrain
+from selfsup.engine import load_run, pretrain
 
 from test_train import tiny_config
 
@@ -54,7 +54,7 @@ def test_rotnet_learns_the_pretext_task_on_a_tiny_set(tmp_path):
     cfg = tiny_config(method="rotnet", epochs=6, data={"samples_per_epoch": None}, optim={"lr": 0.05, "warmup_epochs": 0},
                       eval={"knn_every": 0})
     pretrain(cfg, tmp_path / "run", progress=False)
-    method, _ = load_backbone(tmp_path / "run")
+    method = load_run(tmp_path / "run")
     assert isinstance(method, RotNet)
     test = load_source("digits", "test", size=16)
     x = to_input(torch.from_numpy(test.images[:200]), 16)

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.config import Config
+from selfsup.augment import normalize
+from selfsup.config import IN_MEMORY, Config
 from selfsup.data import ImageArray, load_source
 from selfsup.errors import SelfSupError
-from selfsup.eval.features import extract_features, extract_taps, probe_pool
+from selfsup.eval.features import Transform, extract_features, extract_taps, probe_pool
 from selfsup.eval.knn import knn_accuracy, knn_predict
 from selfsup.eval.linear import train_linear_probes
 from selfsup.nets import Backbone
@@ -18,9 +19,10 @@ from selfsup.nets import Backbone
 def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageArray] | None:
     """The labelled (train, test) splits evaluation uses: eval.source, else the training source."""
     source = cfg.eval.source or cfg.data.source
-    if source.startswith("image:"):
+    if source.startswith("image:") or source == IN_MEMORY:
         if required:
-            raise SelfSupError(f"{source} has no labels to evaluate on; set eval.source (e.g. eval.source=digits)")
+            what = "images given to selfsup.fit have" if source == IN_MEMORY else f"{source} has"
+            raise SelfSupError(f"{what} no labelled splits to evaluate on; set eval.source (e.g. eval.source=digits)")
         return None
     # Evaluating on the training source: decode it at the same size as for training unless told otherwise.
     size = cfg.eval.size if cfg.eval.source else (cfg.eval.size or cfg.data.size)
@@ -39,12 +41,13 @@ def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageAr
     return train, test
 
 
-def run_knn(backbone: Backbone, cfg: Config, device: torch.device, splits: tuple[ImageArray, ImageArray] | None = None) -> float:
+def run_knn(backbone: Backbone, cfg: Config, device: torch.device, splits: tuple[ImageArray, ImageArray] | None = None,
+            transform: Transform = normalize) -> float:
     """Weighted kNN top-1 (percent) on the eval test split, the train split as the memory bank."""
     train, test = splits or eval_splits(cfg)
     size = cfg.model.input_size
-    bank = extract_features(backbone, train.images, size, device, cfg.eval.batch_size)
-    queries = extract_features(backbone, test.images, size, device, cfg.eval.batch_size)
+    bank = extract_features(backbone, train.images, size, device, cfg.eval.batch_size, transform)
+    queries = extract_features(backbone, test.images, size, device, cfg.eval.batch_size, transform)
     keep = torch.from_numpy(train.labels >= 0)
     return knn_accuracy(bank[keep.to(bank.device)], torch.from_numpy(train.labels)[keep], queries, torch.from_numpy(test.labels),
                         max(train.num_classes, int(train.labels.max()) + 1), cfg.eval.knn_k, cfg.eval.knn_t)
@@ -62,13 +65,15 @@ class TapFeatures:
 
 
 def tap_features(backbone: Backbone, cfg: Config, device: torch.device, layers: list[str] | None = None,
-                 splits: tuple[ImageArray, ImageArray] | None = None) -> TapFeatures:
+                 splits: tuple[ImageArray, ImageArray] | None = None, transform: Transform = normalize) -> TapFeatures:
     """Every requested tap (all when None), average-pooled to ~eval.probe_dims, for the eval train and test splits."""
     train, test = splits or eval_splits(cfg)
     layers = layers or list(backbone.taps)
     size, e = cfg.model.input_size, cfg.eval
-    return TapFeatures(extract_taps(backbone, train.images, size, device, layers, e.probe_dims, e.batch_size),
-                       extract_taps(backbone, test.images, size, device, layers, e.probe_dims, e.batch_size),
+    return TapFeatures(extract_taps(backbone, train.images, size, device, layers, e.probe_dims, e.batch_size,
+                                    transform=transform),
+                       extract_taps(backbone, test.images, size, device, layers, e.probe_dims, e.batch_size,
+                                    transform=transform),
                        torch.from_numpy(train.labels), torch.from_numpy(test.labels),
                        max(train.num_classes, int(train.labels.max()) + 1))
 
@@ -87,9 +92,9 @@ def layer_knn(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str
 
 
 def run_linear(backbone: Backbone, cfg: Config, device: torch.device, layers: list[str] | None = None,
-               splits: tuple[ImageArray, ImageArray] | None = None) -> dict[str, float]:
+               splits: tuple[ImageArray, ImageArray] | None = None, transform: Transform = normalize) -> dict[str, float]:
     """Top-1 (percent) of a linear probe on every requested tap (all when None)."""
-    return linear_probes(tap_features(backbone, cfg, device, layers, splits), cfg, device)
+    return linear_probes(tap_features(backbone, cfg, device, layers, splits, transform), cfg, device)
 
 
 __all__ = ["eval_splits", "run_knn", "run_linear", "tap_features", "linear_probes", "layer_knn", "TapFeatures", "extract_features", "extract_taps", "probe_pool",

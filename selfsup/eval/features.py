@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.augment import to_input
-from selfsup.nets import Backbone
+from selfsup.augment import normalize, to_input
+from selfsup.nets import Backbone, eval_mode
+
+Transform = Callable[[torch.Tensor], torch.Tensor]  # RGB in [0,1] -> what the backbone sees (Method.input_transform)
 
 
 def probe_pool(fmap: torch.Tensor, target_dims: int = 9600) -> torch.Tensor:
@@ -30,24 +33,21 @@ def _batches(images, batch_size: int, device: torch.device):
 
 
 @torch.no_grad()
-def extract_features(backbone: Backbone, images, size: int, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+def extract_features(backbone: Backbone, images, size: int, device: torch.device, batch_size: int = 512,
+                     transform: Transform = normalize) -> torch.Tensor:
     """The backbone's flat representation (float32) for uint8 images (N,H,W,3), in eval mode."""
-    was_training = backbone.training
-    backbone.eval()
-    out = [backbone(to_input(x, size)).float() for x in _batches(images, batch_size, device)]
-    backbone.train(was_training)
-    return torch.cat(out)
+    with eval_mode(backbone):
+        return torch.cat([backbone(to_input(x, size, transform)).float() for x in _batches(images, batch_size, device)])
 
 
 @torch.no_grad()
 def extract_taps(backbone: Backbone, images, size: int, device: torch.device, layers: list[str],
-                 target_dims: int = 9600, batch_size: int = 512, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+                 target_dims: int = 9600, batch_size: int = 512, dtype: torch.dtype = torch.float16,
+                 transform: Transform = normalize) -> dict[str, torch.Tensor]:
     """Every requested tap, pooled to ~target_dims, for all images in one pass; stored on the CPU in `dtype`."""
-    was_training = backbone.training
-    backbone.eval()
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    for x in _batches(images, batch_size, device):
-        for name, fmap in backbone.forward_taps(to_input(x, size), layers).items():
-            parts[name].append(probe_pool(fmap.float(), target_dims).to("cpu", dtype))
-    backbone.train(was_training)
+    with eval_mode(backbone):
+        for x in _batches(images, batch_size, device):
+            for name, fmap in backbone.forward_taps(to_input(x, size, transform), layers).items():
+                parts[name].append(probe_pool(fmap.float(), target_dims).to("cpu", dtype))
     return {name: torch.cat(p) for name, p in parts.items()}

@@ -23,10 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from selfsup.augment import pad_crop_flip, to_input
+from selfsup.augment import normalize, pad_crop_flip, resize, to_input
 from selfsup.errors import SelfSupError
-from selfsup.eval.features import _batches
-from selfsup.nets import Backbone
+from selfsup.eval.features import Transform, _batches
+from selfsup.nets import Backbone, eval_mode
 
 HEADS = {"mlp": dict(epochs=50, milestones=(0.4, 0.8, 0.9)), "conv": dict(epochs=100, milestones=(0.35, 0.7, 0.85))}
 BATCH_SIZE = 128
@@ -55,8 +55,10 @@ def build_head(kind: str, shape: tuple[int, ...], num_classes: int) -> nn.Module
 
 def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: np.ndarray, train_labels: np.ndarray,
                 test_images: np.ndarray, test_labels: np.ndarray, size: int, device: torch.device,
-                epochs: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, float]:
-    """Top-1 test accuracy (percent) of a `kind` classifier trained on each frozen layer in `layers`."""
+                epochs: int | None = None, seed: int = 0, progress: bool = True,
+                transform: Transform = normalize) -> dict[str, float]:
+    """Top-1 test accuracy (percent) of a `kind` classifier trained on each frozen layer in `layers`
+    (`transform`: RGB in [0,1] -> the backbone's input, a method's input_transform)."""
     if kind not in HEADS:
         raise SelfSupError(f"unknown classifier {kind!r}; choose one of {', '.join(HEADS)}")
     epochs = HEADS[kind]["epochs"] if epochs is None else epochs
@@ -67,8 +69,6 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the heads' start must not depend on whatever ran before
         heads = nn.ModuleDict({n: build_head(kind, tuple(s), num_classes) for n, s in shapes.items()}).to(device)
-    was_training = backbone.training
-    backbone.eval()  # frozen, batch-norm statistics included
     opt = torch.optim.SGD(heads.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-4)
     keep = train_labels >= 0
     images = torch.from_numpy(np.ascontiguousarray(train_images[keep])).to(device)
@@ -84,36 +84,33 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
     bf16 = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     heads.train()
     bar = tqdm(range(epochs), desc=f"{kind} classifiers", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
-        order = torch.randperm(n, generator=gen, device=device)
-        for start in range(0, n, BATCH_SIZE):
-            idx = order[start:start + BATCH_SIZE]
-            if len(idx) < 2:  # batch norm cannot train on a single sample
-                continue
-            x = pad_crop_flip(images[idx], pad, gen)
-            if x.shape[-1] != size:
-                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            with torch.autocast(**bf16):
-                with torch.no_grad():
-                    maps = backbone.forward_taps(x, layers)
-                loss = sum(F.cross_entropy(heads[name](m.float()), labels[idx]) for name, m in maps.items())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        bar.set_postfix(loss=f"{loss.item() / len(layers):.3f}")
-    accs = _accuracy(backbone, heads, layers, test_images, test_labels, size, device)
-    backbone.train(was_training)
-    return accs
+    with eval_mode(backbone):  # frozen, batch-norm statistics included
+        for _ in bar:
+            order = torch.randperm(n, generator=gen, device=device)
+            for start in range(0, n, BATCH_SIZE):
+                idx = order[start:start + BATCH_SIZE]
+                if len(idx) < 2:  # batch norm cannot train on a single sample
+                    continue
+                x = transform(resize(pad_crop_flip(images[idx], pad, gen), size))
+                with torch.autocast(**bf16):
+                    with torch.no_grad():
+                        maps = backbone.forward_taps(x, layers)
+                    loss = sum(F.cross_entropy(heads[name](m.float()), labels[idx]) for name, m in maps.items())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            bar.set_postfix(loss=f"{loss.item() / len(layers):.3f}")
+        return _accuracy(backbone, heads, layers, test_images, test_labels, size, device, transform)
 
 
 @torch.no_grad()
 def _accuracy(backbone: Backbone, heads: nn.ModuleDict, layers: list[str], images: np.ndarray, labels: np.ndarray,
-              size: int, device: torch.device) -> dict[str, float]:
+              size: int, device: torch.device, transform: Transform) -> dict[str, float]:
     heads.eval()
     correct = dict.fromkeys(layers, 0)
     for start, x in zip(range(0, len(images), 512), _batches(images, 512, device)):
         y = torch.from_numpy(labels[start:start + 512]).long().to(device)
-        for name, m in backbone.forward_taps(to_input(x, size), layers).items():
+        for name, m in backbone.forward_taps(to_input(x, size, transform), layers).items():
             correct[name] += (heads[name](m.float()).argmax(1) == y).sum().item()
     return {name: 100.0 * c / len(labels) for name, c in correct.items()}

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.augment import to_input
+from selfsup.augment import normalize, to_input
 from selfsup.errors import SelfSupError
-from selfsup.eval.features import _batches
+from selfsup.eval.features import Transform, _batches
 from selfsup.eval.linear import train_linear_probes
-from selfsup.nets import Backbone
+from selfsup.nets import Backbone, eval_mode
 
 SVM_C = (0.001, 0.01, 0.1, 1.0)
 
@@ -42,16 +42,15 @@ def quadrant_dim(backbone: Backbone, size: int = 64) -> int:
 
 
 @torch.no_grad()
-def quadrant_features(backbone: Backbone, images, size: int, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def quadrant_features(backbone: Backbone, images, size: int, device: torch.device, batch_size: int = 256,
+                      transform: Transform = normalize) -> torch.Tensor:
     """(N, quadrant_dim) float32 features of uint8 images (N,H,W,3), resized to `size`."""
     taps = list(conv_taps(backbone, size))
-    was = backbone.training
-    backbone.eval()
     out = []
-    for x in _batches(images, batch_size, device):
-        maps = backbone.forward_taps(to_input(x, size), taps)
-        out.append(torch.cat([F.adaptive_max_pool2d(m.float(), 2).flatten(1) for m in maps.values()], 1).cpu())
-    backbone.train(was)
+    with eval_mode(backbone):
+        for x in _batches(images, batch_size, device):
+            maps = backbone.forward_taps(to_input(x, size, transform), taps)
+            out.append(torch.cat([F.adaptive_max_pool2d(m.float(), 2).flatten(1) for m in maps.values()], 1).cpu())
     return torch.cat(out)
 
 
@@ -87,10 +86,10 @@ def classify(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, t
 
 def run_quadrant(backbone: Backbone, train, test, device: torch.device, size: int = 64, classifier: str = "probe",
                  folds: list[np.ndarray] | None = None, batch_size: int = 256, probe_epochs: int = 30,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, transform: Transform = normalize) -> dict:
     """The protocol on labelled (train, test) ImageArrays; with folds, one classifier per fold of the train split."""
-    train_x = quadrant_features(backbone, train.images, size, device, batch_size)
-    test_x = quadrant_features(backbone, test.images, size, device, batch_size)
+    train_x = quadrant_features(backbone, train.images, size, device, batch_size, transform)
+    test_x = quadrant_features(backbone, test.images, size, device, batch_size, transform)
     num_classes = max(train.num_classes, int(train.labels.max()) + 1)
     result = {"classifier": classifier, "size": size, "dims": train_x.shape[1]}
     if not folds:

@@ -23,17 +23,30 @@ Choices for stable training on CIFAR-size images (documented because the paper l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from selfsup.augment import MEAN, STD, AugmentConfig, to_input
-from selfsup.config import BiGANConfig
+from selfsup.augment import MEAN, STD, to_input
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch, Method, call_frozen, eval_mode
-from selfsup.nets import Backbone
+from selfsup.methods.base import Batch, Method, call_frozen
+from selfsup.methods.registry import register_method
+from selfsup.nets import eval_mode
+
+
+@dataclass
+class BiGANConfig:
+    """BiGAN: latent size and the widths of the generator and discriminator."""
+
+    z_dim: int = 128
+    generator_width: int = 256
+    discriminator_width: int = 64
+    stochastic_encoder: bool = False  # E gives a mean and a log-std and z is drawn from them (as ALI does)
+    reconstruction: float = 0.0  # weight of ALICE's cycle term ||x - G(E(x))||^2 on E and G (0: the paper's BiGAN)
 
 
 class Generator(nn.Module):
@@ -77,19 +90,20 @@ class Discriminator(nn.Module):
         return self.joint(torch.cat([self.image(x), self.latent(z)], 1)).squeeze(1)
 
 
+@register_method("bigan", config=BiGANConfig)
 class BiGAN(Method):
     """Encoder (backbone + linear to z), generator and joint discriminator, trained adversarially."""
 
-    def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: BiGANConfig, input_size: int):
-        super().__init__()
+    cfg: BiGANConfig
+
+    def __init__(self, backbone, cfg: BiGANConfig | None = None, augment=None, data=None):
+        super().__init__(backbone, cfg, augment, data)
+        cfg, input_size = self.cfg, self.data.input_size
         if input_size < 4 or input_size & (input_size - 1):
             raise SelfSupError(f"bigan needs a power-of-two model.input_size of at least 4 (its generator doubles 4x4 "
                                f"maps), got {input_size}")
-        self.backbone = backbone
-        self.aug = aug
-        self.cfg = cfg
         self.input_size = input_size
-        self.to_z = nn.Linear(backbone.feature_dim, cfg.z_dim * (2 if cfg.stochastic_encoder else 1))
+        self.to_z = nn.Linear(self.backbone.feature_dim, cfg.z_dim * (2 if cfg.stochastic_encoder else 1))
         self.generator = Generator(cfg.z_dim, input_size, cfg.generator_width)
         self.discriminator = Discriminator(cfg.z_dim, input_size, cfg.discriminator_width)
 
@@ -110,7 +124,7 @@ class BiGAN(Method):
         return (x, self.encode(x, generator)), (self.generator(z).float(), z)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.view(batch, self.aug).float()
+        x = self.view(batch).float()
         (x_real, z_real), (x_fake, z_fake) = self.pairs(x, batch.generator)
         ones, zeros = torch.ones(len(x), device=x.device), torch.zeros(len(x), device=x.device)
         # D's objective, with E and G frozen (detached inputs).
@@ -133,7 +147,7 @@ class BiGAN(Method):
 
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         """Rows: samples G(z), real images x, their reconstructions G(E(x))."""
-        from selfsup.report import image_rows, unnormalize  # matplotlib loads only when a picture is made
+        from selfsup.report import image_rows, unnormalize  # matplotlib is imported only to make a picture
 
         with torch.no_grad(), eval_mode(self):
             x = to_input(images, self.input_size)
@@ -141,4 +155,4 @@ class BiGAN(Method):
             return image_rows([unnormalize(self.generator(z)), unnormalize(x), unnormalize(self.generator(self.encode(x)))])
 
 
-__all__ = ["BiGAN", "Generator", "Discriminator"]
+__all__ = ["BiGAN", "BiGANConfig", "Generator", "Discriminator"]

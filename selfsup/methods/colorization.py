@@ -16,6 +16,7 @@ The annealed mean (T = 0.38) turns a predicted distribution back into colours.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,13 +24,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from kornia.color import lab_to_rgb, rgb_to_lab
 
-from selfsup.augment import AugmentConfig, augment_unit, to_input
-from selfsup.config import ColorizationConfig
+from selfsup.augment import augment_unit, resize, to_float
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch, Method, eval_mode
-from selfsup.nets import Backbone
+from selfsup.methods.base import Batch, Method
+from selfsup.methods.registry import register_method
+from selfsup.nets import eval_mode
 
 AB_RANGE = 110.0
+
+
+@dataclass
+class ColorizationConfig:
+    """Colorization: ab bins, class rebalancing and the annealed-mean readout (Zhang et al. 2016)."""
+
+    loss: str = "classification"  # classification over ab bins | regression (L2 on ab)
+    bin_size: float = 10.0
+    rebalance: float = 0.5  # lambda: mix of the empirical bin prior and uniform
+    temperature: float = 0.38  # annealed mean
 
 
 def gamut_bins(step: float = 10.0) -> torch.Tensor:
@@ -79,22 +90,31 @@ def lightness_input(lab: torch.Tensor) -> torch.Tensor:
     return (lab[:, :1] / 50.0 - 1.0).expand(-1, 3, -1, -1)
 
 
+@register_method("colorization", config=ColorizationConfig)
 class Colorization(Method):
-    """Backbone on L + a 1x1 conv on its last spatial map predicting ab bins (or ab itself)."""
+    """Backbone on L + a 1x1 conv on its last spatial map predicting ab bins (or ab itself).
 
-    def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: ColorizationConfig, input_size: int):
-        super().__init__()
+    Its input_transform is L alone, so evaluation (probes, kNN) sees what training saw.
+    """
+
+    cfg: ColorizationConfig
+
+    def __init__(self, backbone, cfg: ColorizationConfig | None = None, augment=None, data=None):
+        super().__init__(backbone, cfg, augment, data)
+        cfg = self.cfg
         if cfg.loss not in ("classification", "regression"):
             raise SelfSupError(f"colorization.loss must be classification or regression, got {cfg.loss!r}")
-        self.backbone = backbone
         # Colours are the target: only the geometric part of the augmentation applies.
-        self.aug = dataclasses.replace(aug, jitter_p=0.0, grayscale_p=0.0, solarize_p=0.0)
-        self.cfg = cfg
-        self.encoder_tap, shape = backbone.last_spatial_tap(input_size)
+        self.aug = dataclasses.replace(self.aug, jitter_p=0.0, grayscale_p=0.0, solarize_p=0.0)
+        self.encoder_tap, shape = self.backbone.last_spatial_tap(self.data.input_size)
         self.register_buffer("bins", gamut_bins(cfg.bin_size))
         self.register_buffer("weights", torch.ones(len(self.bins)))
         out = len(self.bins) if cfg.loss == "classification" else 2
         self.decoder = nn.Conv2d(shape[0], out, 1)
+
+    def input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB in [0,1] -> the lightness alone, as the network sees it (see lightness_input)."""
+        return lightness_input(rgb_to_lab(x))
 
     def on_train_start(self, images: torch.Tensor) -> None:
         """Bin frequencies over (a sample of) the training images -> rebalancing weights."""
@@ -103,7 +123,7 @@ class Colorization(Method):
         sample = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:2000].to(images.device)]
         prior = torch.zeros(len(self.bins), dtype=torch.float64, device=images.device)
         for part in sample.split(100):  # in parts: all 2,000 images' pixel-to-bin distances at once take 2 GB
-            ab = rgb_to_lab(part.permute(0, 3, 1, 2).float() / 255)[:, 1:].permute(0, 2, 3, 1).reshape(-1, 2)
+            ab = rgb_to_lab(to_float(part))[:, 1:].permute(0, 2, 3, 1).reshape(-1, 2)
             prior += torch.bincount(torch.cdist(ab, self.bins).argmin(1), minlength=len(self.bins))
         self.weights.copy_(rebalancing_weights(prior / prior.sum(), self.bins.double(), self.cfg.rebalance).float())
 
@@ -134,10 +154,14 @@ class Colorization(Method):
 
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         """Rows: the grayscale input (L alone), the colours predicted for it, the true colours."""
-        from selfsup.report import image_rows, unnormalize  # matplotlib loads only when a picture is made
+        from selfsup.report import image_rows
 
         with torch.no_grad(), eval_mode(self):
-            rgb = unnormalize(to_input(images, self.aug.size))
+            rgb = resize(to_float(images), self.data.input_size)
             lab = rgb_to_lab(rgb)
             gray = lab_to_rgb(torch.cat([lab[:, :1], torch.zeros_like(lab[:, 1:])], 1), clip=True)
             return image_rows([gray, self.colorize(lab), rgb])
+
+
+__all__ = ["Colorization", "ColorizationConfig", "gamut_bins", "soft_encode", "rebalancing_weights", "annealed_mean",
+           "lightness_input"]

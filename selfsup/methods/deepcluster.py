@@ -8,15 +8,25 @@ clusterings), and batches sample uniformly over clusters so a few huge clusters 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.augment import AugmentConfig
-from selfsup.config import DeepClusterConfig
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch, EpochContext, Method, dataset_pass, gather_shards
-from selfsup.nets import Backbone
+from selfsup.methods.base import EpochContext, gather_shards
+from selfsup.methods.pseudo_labels import PseudoLabelMethod
+from selfsup.methods.registry import register_method
+
+
+@dataclass
+class DeepClusterConfig:
+    """DeepCluster: k-means on PCA-whitened, L2-normalised features every epoch."""
+
+    num_clusters: int = 100
+    pca_dim: int = 256
+    kmeans_iters: int = 20
+    backend: str = "auto"  # auto (faiss when installed, else torch) | faiss | torch
 
 
 def pca_whiten(x: torch.Tensor, dim: int, eps: float = 1e-5) -> torch.Tensor:
@@ -81,45 +91,40 @@ def kmeans(x: torch.Tensor, k: int, iters: int, seed: int, backend: str = "auto"
     return kmeans_torch(x, k, iters, seed)[0]
 
 
-class DeepCluster(Method):
-    """Backbone + a linear classifier over the current k-means clusters."""
+@register_method("deepcluster", config=DeepClusterConfig)
+class DeepCluster(PseudoLabelMethod):
+    """Backbone + a linear classifier (one head) over the current k-means clusters."""
 
+    cfg: DeepClusterConfig
 
-    def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: DeepClusterConfig, num_samples: int):
-        super().__init__()
-        self.backbone = backbone
-        self.cfg = cfg
-        self.aug = aug
-        self.classifier = nn.Linear(backbone.feature_dim, cfg.num_clusters)
-        self.register_buffer("labels", torch.arange(num_samples) % cfg.num_clusters)
+    def __init__(self, backbone, cfg: DeepClusterConfig | None = None, augment=None, data=None):
+        cfg = cfg or DeepClusterConfig()
+        n = data.num_samples if data is not None and data.num_samples is not None else 0
+        super().__init__(backbone, cfg, augment, data, (torch.arange(n) % cfg.num_clusters)[None], cfg.num_clusters)
 
     @torch.no_grad()
     def recluster(self, images: torch.Tensor, seed: int) -> None:
         """New pseudo-labels from k-means on the whitened features of the whole training set."""
-        was = self.training
-        self.eval()
-        feats = gather_shards(dataset_pass(self.backbone, images, self.aug.size), len(images))
-        self.train(was)
+        feats = gather_shards(self.dataset_pass(self.backbone, images), len(images))
         # Every rank clusters the same gathered features with the same seed, so all agree on the labels.
-        self.labels.copy_(kmeans(pca_whiten(feats, self.cfg.pca_dim), self.cfg.num_clusters, self.cfg.kmeans_iters,
-                                 seed, self.cfg.backend))
+        self.labels[0] = kmeans(pca_whiten(feats, self.cfg.pca_dim), self.cfg.num_clusters, self.cfg.kmeans_iters,
+                                seed, self.cfg.backend)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
-        if len(ctx.images) != self.labels.shape[0]:
-            raise SelfSupError(f"DeepCluster was built for {self.labels.shape[0]} samples but the data has {len(ctx.images)}")
+        self.check_samples(ctx.images)
         self.recluster(ctx.images, ctx.seed * 1000 + ctx.epoch)
         # Cluster ids are arbitrary after each clustering: start the classifier (and its momentum) afresh, from a
         # generator seeded by the epoch, so every process draws the same new weights.
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
             torch.manual_seed(ctx.seed * 1000 + ctx.epoch)
-            self.classifier.reset_parameters()
+            self.heads.reset_parameters()
         if ctx.optimizer is not None:
-            for p in self.classifier.parameters():
+            for p in self.heads.parameters():
                 ctx.optimizer.state.pop(p, None)
 
     def epoch_order(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """Indices drawn uniformly over non-empty clusters, then uniformly within the chosen cluster."""
-        labels = self.labels.cpu()
+        labels = self.labels[0].cpu()
         order = torch.argsort(labels, stable=True)
         sizes = torch.bincount(labels, minlength=self.cfg.num_clusters)
         starts = torch.cumsum(sizes, 0) - sizes
@@ -128,14 +133,5 @@ class DeepCluster(Method):
         within = (torch.rand(count, generator=generator) * sizes[cluster]).long()
         return order[starts[cluster] + within]
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, K) classifier logits: one head, like SeLa's (B, T, K)."""
-        return self.classifier(self.backbone(x))[:, None]
 
-    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.view(batch, self.aug)
-        logits = self.classifier(self.backbone(x)).float()
-        return {"loss": F.cross_entropy(logits, self.labels[batch.index])}
-
-
-__all__ = ["DeepCluster", "kmeans", "kmeans_torch", "pca_whiten"]
+__all__ = ["DeepCluster", "DeepClusterConfig", "kmeans", "kmeans_torch", "pca_whiten"]

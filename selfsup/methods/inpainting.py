@@ -20,19 +20,33 @@ the gradient of its own objective (D's loss enters unweighted).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from selfsup.augment import AugmentConfig, to_input
-from selfsup.config import InpaintingConfig
+from selfsup.augment import to_input
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch, Method, call_frozen, eval_mode
-from selfsup.nets import Backbone
+from selfsup.methods.base import Batch, Method, call_frozen
+from selfsup.methods.registry import register_method
+from selfsup.nets import eval_mode
 
 MASKS = ("central", "blocks", "regions")
+
+
+@dataclass
+class InpaintingConfig:
+    """Context encoder: which region is missing, and how the loss treats its rim (Pathak et al. 2016)."""
+
+    mask: str = "central"  # central | blocks | regions
+    mask_fraction: float = 0.25  # of the image area
+    overlap: int = 2  # rim (pixels) inside the region that stays visible but is predicted; the paper: 4 at 128 px
+    overlap_weight: float = 10.0
+    decoder_width: int = 128
+    adversarial: float = 0.0  # weight of the adversarial loss; the paper's joint loss: 0.001 (0.999 on reconstruction)
 
 
 def make_masks(kind: str, n: int, size: int, fraction: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -84,22 +98,23 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(1).float()
 
 
+@register_method("inpainting", config=InpaintingConfig)
 class ContextEncoder(Method):
     """Backbone as encoder + a transposed-conv decoder to full resolution, trained to inpaint."""
 
-    def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: InpaintingConfig, input_size: int):
-        super().__init__()
+    cfg: InpaintingConfig
+
+    def __init__(self, backbone, cfg: InpaintingConfig | None = None, augment=None, data=None):
+        super().__init__(backbone, cfg, augment, data)
+        cfg = self.cfg
         if cfg.mask not in MASKS:
             raise SelfSupError(f"inpainting.mask must be one of {', '.join(MASKS)}, got {cfg.mask!r}")
         if not 0 < cfg.mask_fraction < 1:
             raise SelfSupError(f"inpainting.mask_fraction must be between 0 and 1, got {cfg.mask_fraction}")
         if not 0 <= cfg.adversarial < 1:
             raise SelfSupError(f"inpainting.adversarial must be in [0, 1) (the paper: 0.001), got {cfg.adversarial}")
-        self.backbone = backbone
-        self.aug = aug
-        self.cfg = cfg
-        self.input_size = input_size
-        self.encoder_tap, shape = backbone.last_spatial_tap(input_size)
+        self.input_size = input_size = self.data.input_size
+        self.encoder_tap, shape = self.backbone.last_spatial_tap(input_size)
         channels, size = shape[0], shape[-1]
         layers: list[nn.Module] = []
         width = cfg.decoder_width
@@ -135,7 +150,7 @@ class ContextEncoder(Method):
         return d_loss, g_loss
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.view(batch, self.aug).float()
+        x = self.view(batch).float()
         region, erased = self.draw(lambda: self.masks(len(x), batch.generator, x.device), x.device)
         pred = self.inpaint(x, erased)
         weight = erased + self.cfg.overlap_weight * (region - erased)  # the rim counts 10x
@@ -149,7 +164,7 @@ class ContextEncoder(Method):
 
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         """Rows: the input (erased area grey), the prediction pasted into the region, the original."""
-        from selfsup.report import image_rows, unnormalize  # matplotlib loads only when a picture is made
+        from selfsup.report import image_rows, unnormalize  # matplotlib is imported only to make a picture
 
         with torch.no_grad(), eval_mode(self):
             x = to_input(images, self.input_size)
@@ -159,4 +174,4 @@ class ContextEncoder(Method):
             return image_rows([unnormalize(x) * (1 - erased) + 0.5 * erased, unnormalize(filled), unnormalize(x)])
 
 
-__all__ = ["ContextEncoder", "Discriminator", "make_masks", "erode", "MASKS"]
+__all__ = ["ContextEncoder", "InpaintingConfig", "Discriminator", "make_masks", "erode", "MASKS"]

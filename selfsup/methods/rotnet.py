@@ -9,16 +9,22 @@ backbone classifies the rotation. Multiples of 90 degrees are exact pixel permut
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.augment import AugmentConfig
-from selfsup.config import RotNetConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, Method
-from selfsup.nets import Backbone
+from selfsup.methods.registry import register_method
+
+
+@dataclass
+class RotNetConfig:
+    """RotNet: how many rotations the classifier tells apart."""
+
+    rotations: int = 4  # 4: 0/90/180/270; 2: 0/180; 8: multiples of 45 degrees
 
 
 def rotate(x: torch.Tensor, label: int, rotations: int) -> torch.Tensor:
@@ -42,21 +48,25 @@ def rotation_batch(x: torch.Tensor, rotations: int) -> tuple[torch.Tensor, torch
     return rotated, labels
 
 
+@register_method("rotnet", config=RotNetConfig)
 class RotNet(Method):
     """Backbone + a linear rotation classifier."""
 
-    def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: RotNetConfig):
-        super().__init__()
-        if cfg.rotations not in (2, 4, 8):
-            raise SelfSupError(f"rotnet.rotations must be 2, 4 or 8, got {cfg.rotations}")
-        self.backbone = backbone
-        self.aug = aug
-        self.rotations = cfg.rotations
-        self.classifier = nn.Linear(backbone.feature_dim, cfg.rotations)
+    cfg: RotNetConfig
+
+    def __init__(self, backbone, cfg: RotNetConfig | None = None, augment=None, data=None):
+        super().__init__(backbone, cfg, augment, data)
+        if self.cfg.rotations not in (2, 4, 8):
+            raise SelfSupError(f"rotnet.rotations must be 2, 4 or 8, got {self.cfg.rotations}")
+        self.rotations = self.cfg.rotations
+        self.classifier = nn.Linear(self.backbone.feature_dim, self.cfg.rotations)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.view(batch, self.aug)
+        x = self.view(batch)
         rotated, labels = rotation_batch(x, self.rotations)
         logits = self.classifier(self.backbone(rotated)).float()
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "rotation_acc": (logits.argmax(1) == labels).float().mean()}
+
+
+__all__ = ["RotNet", "RotNetConfig", "rotate", "rotation_batch"]

@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
+from dataclasses import dataclass
 
-from selfsup.augment import AugmentConfig
-from selfsup.config import SimCLRConfig
+import torch
+
+from selfsup.heads import ProjectionHead
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Batch, Method
-from selfsup.nets import Backbone
+from selfsup.methods.registry import register_method
 
 
-def projection_head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
-    """SimCLR's 2-layer MLP head (with BN, as in SimCLR v1's CIFAR code)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+@dataclass
+class SimCLRConfig:
+    """SimCLR's projection head and loss."""
+
+    temperature: float = 0.5
+    proj_hidden: int = 2048
+    proj_dim: int = 128
 
 
+@register_method("simclr", config=SimCLRConfig)
 class SimCLR(Method):
-    """Contrast two views of each image against every other view in the (global) batch."""
+    """Contrast two views of each image against every other view in the (global) batch.
 
-    def __init__(self, backbone: Backbone, aug: AugmentConfig, cfg: SimCLRConfig):
-        super().__init__()
-        self.backbone = backbone
-        self.head = projection_head(backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim)
-        self.aug = aug
-        self.temperature = cfg.temperature
+    Example:
+        >>> method = SimCLR(build_backbone("resnet18", cifar_stem=True), SimCLRConfig(temperature=0.2))
+        >>> images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+        >>> method(Batch(images, torch.arange(8), torch.Generator()))["loss"]  # a scalar; selfsup.fit trains it
+    """
+
+    cfg: SimCLRConfig
+
+    def __init__(self, backbone, cfg: SimCLRConfig | None = None, augment=None, data=None):
+        super().__init__(backbone, cfg, augment, data)
+        # SimCLR v1's head, as in its CIFAR code: Linear-BN-ReLU-Linear.
+        self.head = ProjectionHead(self.backbone.feature_dim, self.cfg.proj_hidden, self.cfg.proj_dim)
 
     def views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Two independently augmented views of every image."""
-        return self.view(batch, self.aug), self.view(batch, self.aug)
+        return self.view(batch), self.view(batch)
 
     def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both views through backbone and head in one pass (batch-norm sees both)."""
@@ -39,4 +50,7 @@ class SimCLR(Method):
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         x1, x2 = self.views(batch)
         z1, z2 = self.embed(x1, x2)
-        return {"loss": nt_xent(z1, z2, self.temperature)}
+        return {"loss": nt_xent(z1, z2, self.cfg.temperature)}
+
+
+__all__ = ["SimCLR", "SimCLRConfig"]

@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from selfsup.augment import AugmentConfig
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch, Method
-from selfsup.nets import Backbone
+from selfsup.methods.base import DataInfo
+from selfsup.methods.pseudo_labels import PseudoLabelMethod
+from selfsup.methods.registry import register_method
+
+
+@dataclass
+class SupervisedConfig:
+    """Where the labels come from: the source's own, or a labels file (label transfer)."""
+
+    labels_file: str | None = None  # a CSV from `selfsup labels` instead of the source's labels
 
 
 def read_labels_csv(path: str | Path, num_samples: int) -> torch.Tensor:
@@ -32,27 +39,52 @@ def read_labels_csv(path: str | Path, num_samples: int) -> torch.Tensor:
     return torch.tensor([[int(r[f"label_{t}"]) for r in rows] for t in heads], dtype=torch.long)
 
 
-class Supervised(Method):
+@register_method("supervised", config=SupervisedConfig)
+class Supervised(PseudoLabelMethod):
     """Backbone + one linear head per label set, trained with the mean cross-entropy (label -1 is ignored)."""
 
+    needs_targets = True
+    cfg: SupervisedConfig
 
-    def __init__(self, backbone: Backbone, aug: AugmentConfig, targets: torch.Tensor):
-        super().__init__()
-        if targets.dim() == 1:
+    def __init__(self, backbone, cfg: SupervisedConfig | None = None, augment=None, data=None):
+        targets = data.targets if data is not None else None
+        if targets is not None and targets.dim() == 1:
             targets = targets[None]
-        self.backbone = backbone
-        self.aug = aug
-        self.num_heads, self.num_classes = targets.shape[0], int(targets.max()) + 1
-        self.heads = nn.Linear(backbone.feature_dim, self.num_heads * self.num_classes)
-        self.register_buffer("labels", targets.long().clone())
+        classes = int(targets.max()) + 1 if targets is not None and targets.numel() else 1
+        super().__init__(backbone, cfg, augment, data, targets if targets is not None else torch.zeros(1, 0), classes)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, K) head logits."""
-        return self.heads(self.backbone(x)).view(x.shape[0], self.num_heads, self.num_classes)
+    @classmethod
+    def data_info(cls, cfg, data):
+        """The labels to learn: the labels file when set (label transfer), else the source's own labels."""
+        labels_file = cfg.section("supervised").labels_file
+        if labels_file:
+            targets = read_labels_csv(labels_file, len(data))
+        elif data.labels is None:
+            raise SelfSupError(f"method supervised needs labels: {cfg.data.source} has none; "
+                               "set supervised.labels_file=labels.csv")
+        else:
+            targets = torch.from_numpy(np.asarray(data.labels))[None]
+        return DataInfo(len(data), cfg.model.input_size, targets)
 
-    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.view(batch, self.aug)
-        logits = self.logits(x).float()
-        targets = self.labels[:, batch.index]
-        loss = torch.stack([F.cross_entropy(logits[:, t], targets[t], ignore_index=-1) for t in range(self.num_heads)]).mean()
-        return {"loss": loss}
+    @classmethod
+    def state_info(cls, state, cfg):
+        return DataInfo(state["labels"].shape[-1], cfg.model.input_size, state["labels"])
+
+
+def transfer(labels: str | Path, arch: str, source_run: str | Path, overrides: list[str] | None = None,
+             out: str | Path | None = None, force: bool = False) -> dict:
+    """Label transfer: train a fresh `arch` network on exported self-labels alone, with the data, augmentation and
+    schedule of the run that made them; returns {"run": out, **the last epoch's metrics}."""
+    from selfsup.config import apply_overrides, load_run_config
+    from selfsup.engine import load_checkpoint, pretrain
+
+    source = Path(source_run)
+    cfg = load_run_config(load_checkpoint(source)["config"])
+    cfg.method, cfg.model.backbone = "supervised", arch
+    cfg.section("supervised").labels_file = str(labels)
+    apply_overrides(cfg, overrides or [])
+    out = Path(out) if out else source.parent / f"{source.name}-transfer-{arch}"
+    return {"run": str(out), **pretrain(cfg, out, force=force)}
+
+
+__all__ = ["Supervised", "SupervisedConfig", "read_labels_csv", "transfer"]

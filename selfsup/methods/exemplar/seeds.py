@@ -187,5 +187,5 @@ def transform(images: torch.Tensor, cfg: ExemplarTransformConfig, generator: tor
     return out, params
 
 
-__all__ = ["ExemplarTransformConfig", "Seeds", "gradient_energy", "sample_seeds", "pixel_pca", "save_seeds", "load_seeds", "transform",
-           "resize_images"]
+__all__ = ["ExemplarTransformConfig", "Seeds", "gradient_energy", "sample_seeds", "pixel_pca", "save_seeds", "load_seeds",
+           "transform", "resize_images"]
