@@ -1,4 +1,4 @@
-# The two commands: `make demo` and `make test`. Both create .venv when missing.
+# The two commands: `make demo` and `make test` (ruff, then pytest). Both create .venv when missing.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/selfsup demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check selfsup tests benchmarks
 	$(PY) -m pytest -q
 
 clean:

@@ -64,7 +64,8 @@ def main() -> None:
             method = build_method(cfg, n).to(device).train()
             row[f"{method_name}_step_seconds"] = round(step_seconds(method, images, index, args.steps), 4)
             if method_name == "exemplar":  # weights + gradient + SGD momentum of the N-way classifier
-                row["exemplar_per_n_bytes"] = 3 * sum(t.numel() * t.element_size() for t in method.classifier.parameters())
+                row["exemplar_per_n_bytes"] = 3 * sum(t.numel() * t.element_size()
+                                                      for t in method.classifier.parameters())
             else:
                 row["instance_per_n_bytes"] = method.bank.numel() * method.bank.element_size()
             del method

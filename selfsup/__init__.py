@@ -25,7 +25,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "selfsup.nets": ["build_backbone", "wrap", "Backbone", "torchvision_resnet", "timm_resnet"],
-    "selfsup.augment": ["augment", "AugmentConfig", "simclr_recipe", "single_image_recipe"],
+    "selfsup.augmentation": ["augment", "AugmentConfig", "simclr_recipe", "single_image_recipe"],
     "selfsup.heads": ["ProjectionHead", "PredictionHead"],
     "selfsup.losses": ["nt_xent"],
     "selfsup.ot": ["sinkhorn", "self_label"],
@@ -42,7 +42,7 @@ _EXPORTS = {
     "selfsup.errors": ["SelfSupError", "SelfSupWarning"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-_MODULES = ("heads", "losses", "methods", "nets", "augment", "engine", "eval", "config", "data", "ot", "export")
+_MODULES = ("heads", "losses", "methods", "nets", "augmentation", "engine", "eval", "config", "data", "ot", "export")
 
 __all__ = ["__version__", *_WHERE, *_MODULES]
 

@@ -29,11 +29,12 @@ def _pretrain(args) -> None:
             raise SelfSupError(f"cannot resume: {saved} does not exist")
         cfg = apply_overrides(load_run_config(saved), args.overrides)
     else:
-        if args.recipe is None:
-            raise SelfSupError("give a recipe, e.g. selfsup pretrain recipes/simclr_cifar10.yaml")
+        if args.recipe is None and not args.overrides:
+            raise SelfSupError("give a recipe, e.g. selfsup pretrain recipes/simclr_cifar10.yaml "
+                               "(or key=value settings)")
         cfg = load_config(args.recipe, args.overrides)
         if out is None:
-            out = Path("runs") / Path(args.recipe).stem
+            out = Path("runs") / (Path(args.recipe).stem if args.recipe else cfg.method)
     if args.download:
         cfg.data.download = True
     if args.imbalance:
@@ -144,25 +145,30 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     pt.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     pt.add_argument("--download", action="store_true", help="download the dataset if it is missing")
-    pt.add_argument("--imbalance", choices=["light", "heavy"], help="train on an imbalanced subset of a labelled source "
-                    "(class c keeps 100%% falling linearly to 50%% or 10%% for the last class); evaluation stays balanced")
+    pt.add_argument("--imbalance", choices=["light", "heavy"],
+                    help="train on an imbalanced subset of a labelled source (class c keeps 100%% falling linearly to "
+                         "50%% or 10%% for the last class); evaluation stays balanced")
     pt.set_defaults(func=_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a run's frozen backbone")
     ev.add_argument("protocol", choices=["knn", "linear", "nonlinear", "quadrant"],
                     help="nonlinear: RotNet's classifiers on frozen layers (--head mlp or conv); "
-                         "quadrant: Exemplar-CNN's protocol (conv maps max-pooled over 4 quadrants, a linear classifier)")
+                         "quadrant: Exemplar-CNN's protocol (conv maps max-pooled over 4 quadrants, a linear "
+                         "classifier)")
     ev.add_argument("run", help="run directory")
     ev.add_argument("overrides", nargs="*", help="key=value overrides of the eval section, e.g. eval.knn_k=20")
     ev.add_argument("--layers", default="all", help="taps to probe: all, or a comma list such as conv1,conv2")
-    ev.add_argument("--size", type=int, default=64, help="quadrant: image size the net sees (the paper upsamples CIFAR to 64)")
+    ev.add_argument("--size", type=int, default=64,
+                    help="quadrant: image size the net sees (the paper upsamples CIFAR to 64)")
     ev.add_argument("--classifier", choices=["probe", "svm"], default="probe",
-                    help="quadrant: the linear probe (default, minutes on CPU) or the paper's linear SVM (slow on CPU for 50k images)")
+                    help="quadrant: the linear probe (default, minutes on CPU) or the paper's linear SVM (slow on CPU "
+                         "for 50k images)")
     ev.add_argument("--head", choices=["mlp", "conv"], default="mlp",
                     help="nonlinear: 3 fully connected layers (mlp) or a NIN conv block (conv), as in RotNet's paper")
     ev.add_argument("--epochs", type=int, help="nonlinear: training epochs (default the paper's: 50 mlp, 100 conv)")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--random-init", action="store_true", help="evaluate the run's architecture at its initialisation (a baseline)")
+    ev.add_argument("--random-init", action="store_true",
+                    help="evaluate the run's architecture at its initialisation (a baseline)")
     ev.set_defaults(func=_eval)
 
     lb = sub.add_parser("labels", help="write a sela/deepcluster run's self-labels (per head, with confidence) as CSV")
@@ -175,14 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("transfer", help="train a fresh network of another architecture on exported self-labels alone")
     tr.add_argument("labels", help="CSV written by `selfsup labels`")
     tr.add_argument("--arch", required=True, help="backbone of the new network, e.g. resnet18 or alexnet_small")
-    tr.add_argument("--from", dest="source", required=True, help="the run that made the labels (its data, augmentation, schedule are reused)")
+    tr.add_argument("--from", dest="source", required=True,
+                    help="the run that made the labels (its data, augmentation, schedule are reused)")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=20")
     tr.add_argument("--out", "-o")
     tr.add_argument("--force", action="store_true")
     tr.set_defaults(func=_transfer)
 
     ex = sub.add_parser("export", help="write a run's backbone for use without selfsup: safetensors, or a ResNet that "
-                        "loads with strict=True into torchvision's or timm's model (the output names the line that builds it)")
+                        "loads with strict=True into torchvision's or timm's model (the output names the line that "
+                        "builds it)")
     ex.add_argument("run")
     ex.add_argument("--format", choices=["safetensors", "torchvision", "timm"], default="safetensors",
                     help="safetensors (default; torchvision key names for ResNets), torchvision (.pth for "
@@ -193,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("study", help="run a grid of pretraining runs and probe every layer of each")
     st.add_argument("kind", choices=["single-image"], help="single-image: method x training source (1 image, N, all)")
-    st.add_argument("study", help="study YAML (methods, sources, baselines, base, overrides), e.g. recipes/single_image_cpu.yaml")
+    st.add_argument("study", help="study YAML (methods, sources, baselines, base, overrides), "
+                                  "e.g. recipes/single_image_cpu.yaml")
     st.add_argument("--methods", help="comma list replacing the file's methods, e.g. rotnet,bigan")
     st.add_argument("--sources", help="comma list replacing the file's sources, e.g. all,1,image:skimage/coffee")
     st.add_argument("--out", "-o", help="study directory (default runs/<study name>); finished cells in it are reused")
@@ -203,25 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="speed and memory on this device: every method against the compute floor and the "
                         "per-sample DataLoader, Sinkhorn against POT and the bandwidth bound, kNN and probes")
-    be.add_argument("overrides", nargs="*", help="setting=value, e.g. steps=20 batch_size=128 backbone=resnet18 root=DIR")
+    be.add_argument("overrides", nargs="*",
+                    help="setting=value, e.g. steps=20 batch_size=128 backbone=resnet18 root=DIR")
     be.add_argument("--methods", default="all", help="comma list of methods, or all")
     be.add_argument("--device", default="auto")
     be.add_argument("--out", "-o", default="benchmarks/results", help="folder for <device>-<date>.md and .json")
     be.add_argument("--skip", default="", help="comma list of parts to leave out: dataloader, sinkhorn, pot, knn")
     be.add_argument("--tiny", action="store_true", help="seconds-long sizes on digits (a smoke test of the harness)")
-    be.add_argument("--compile", action="store_true", help="also time each method with its backbone through torch.compile")
+    be.add_argument("--compile", action="store_true",
+                    help="also time each method with its backbone through torch.compile")
     be.add_argument("--force", action="store_true", help="replace today's results file for this device")
     be.set_defaults(func=_bench)
 
-    cf = sub.add_parser("config", help="show a recipe's resolved config, or list every config key with type and default")
+    cf = sub.add_parser("config",
+                        help="show a recipe's resolved config, or list every config key with type and default")
     cf.add_argument("action", choices=["show", "keys"], help="show RECIPE [key=value ...] | keys [METHOD]")
-    cf.add_argument("target", nargs="?", help="show: the recipe; keys: a method (only its section besides the common ones)")
+    cf.add_argument("target", nargs="?",
+                    help="show: the recipe; keys: a method (only its section besides the common ones)")
     cf.add_argument("overrides", nargs="*", help="show: key=value overrides, e.g. optim.lr=0.3")
     cf.add_argument("--imports", help="keys: modules whose methods to list too (comma list), as the config key imports")
     cf.set_defaults(func=_config)
 
-    de = sub.add_parser("demo", help="offline CPU demo: the single-image study in miniature (RotNet, SimCLR; one photograph "
-                        "vs all of digits; probes on every layer)")
+    de = sub.add_parser("demo", help="offline CPU demo: the single-image study in miniature (RotNet, SimCLR; one "
+                        "photograph vs all of digits; probes on every layer)")
     de.add_argument("--out", "-o", default="runs/demo", help="demo directory; finished cells in it are reused")
     de.add_argument("--force", action="store_true", help="redo every cell of an existing demo")
     de.add_argument("--epochs", type=int, default=4, help="pretraining epochs of 6,400 images per cell")
@@ -253,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("selfsup: interrupted; the last finished epoch's checkpoint is kept (continue with --resume)", file=sys.stderr)
+        print("selfsup: interrupted; the last finished epoch's checkpoint is kept (continue with --resume)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from selfsup.augment import AugmentConfig, single_image_recipe
+from selfsup.augmentation import AugmentConfig, single_image_recipe
 from selfsup.errors import SelfSupError
 
 IN_MEMORY = "memory"  # data.source of a run given its images as an array (selfsup.fit)
@@ -60,7 +60,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer and schedule: linear warm-up, then cosine to min_lr or steps. lr is used as given (no batch scaling)."""
+    """Optimizer and schedule: linear warm-up, then cosine to min_lr or steps. lr is used as given (never rescaled)."""
 
     name: str = "sgd"  # sgd | lars | adam
     betas: tuple[float, float] = (0.9, 0.999)  # adam

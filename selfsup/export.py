@@ -57,7 +57,8 @@ def export_backbone(run: str | Path, output: str | Path | None = None, format: s
     if format == "torchvision":
         torch.save(state, tmp)
     else:
-        meta = {"backbone": model.backbone, "cifar_stem": str(model.cifar_stem).lower(), "input_size": str(model.input_size)}
+        meta = {"backbone": model.backbone, "cifar_stem": str(model.cifar_stem).lower(),
+                "input_size": str(model.input_size)}
         save_file(state, str(tmp), metadata=meta)
     tmp.replace(out)
     result = {"exported": str(out), "format": format, "tensors": len(state)}

@@ -16,7 +16,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     of one process on the joined batch.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"nt_xent needs two (N, D) embeddings of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"nt_xent needs two (N, D) embeddings of the same shape, got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
     z1 = F.normalize(z1.float(), dim=1)
     z2 = F.normalize(z2.float(), dim=1)
     n = z1.shape[0]

@@ -61,7 +61,7 @@ class Backbone(nn.Module):
         return {name: m.shape[1:] for name, m in maps.items()}
 
     def last_spatial_tap(self, input_size: int) -> tuple[str, torch.Size]:
-        """The deepest tap that is still a (C,H,W) map for input_size-pixel images, and its shape: an encoder's output."""
+        """The deepest tap still a (C,H,W) map for input_size-pixel images, and its shape: an encoder's output."""
         spatial = [(name, shape) for name, shape in self.tap_shapes(input_size).items() if len(shape) == 3]
         if not spatial:
             raise SelfSupError("this method needs a backbone with a spatial (conv) layer")
@@ -255,7 +255,7 @@ BACKBONES = ("resnet18", "resnet50", "alexnet_small", "nin", *EXEMPLAR_NETS)
 
 def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0,
                    width: float = 1.0) -> Backbone:
-    """Build a backbone by name: resnet18, resnet50, alexnet_small, nin, exemplar_small/medium/large (or 64c5-64c5-128f ...).
+    """Build a backbone by name: resnet18, resnet50, alexnet_small, nin, exemplar_small/medium/large (or 64c5-...).
 
     `width` (a channel multiplier) applies to alexnet_small only.
 
@@ -392,7 +392,7 @@ def as_backbone(module: nn.Module, input_size: int = 224) -> Backbone:
 
 
 def model_config_of(backbone: Backbone) -> ModelConfig:
-    """How to rebuild the backbone from a config: build_backbone's record, or model.backbone=custom for a wrapped one."""
+    """How a config rebuilds the backbone: build_backbone's record, or model.backbone=custom for a wrapped one."""
     if backbone.model_config is not None:
         return dataclasses.replace(backbone.model_config)
     return ModelConfig(backbone=CUSTOM)

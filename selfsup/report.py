@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from selfsup.augment import MEAN, STD
+from selfsup.augmentation import MEAN, STD
 
 
 def probe_table(results: dict[str, dict[str, float]]) -> str:
@@ -47,7 +47,8 @@ def write_probe_report(run_dir: Path, results: dict[str, dict[str, float]], titl
     """Write report.md and probes.png into run_dir; returns the report path."""
     run_dir = Path(run_dir)
     plot_probes(results, run_dir / "probes.png", title)
-    text = f"# {title}\n\n{note}\n\nLinear probe top-1 (%) per layer:\n\n{probe_table(results)}\n\n![probes](probes.png)\n"
+    text = (f"# {title}\n\n{note}\n\nLinear probe top-1 (%) per layer:\n\n{probe_table(results)}\n\n"
+            "![probes](probes.png)\n")
     if extra:
         text += "\n" + extra + "\n"
     path = run_dir / "report.md"
@@ -128,7 +129,7 @@ def plot_study(rows: dict[str, dict], methods: list[str], path: Path) -> None:
 
 
 def filter_grid(filters: dict[str, np.ndarray], path: Path, columns: int = 4) -> None:
-    """Each model's first-layer filters (out, 3, k, k), every filter scaled to [0, 1] on its own, one panel per model."""
+    """Each model's first-layer filters (out, 3, k, k), each filter scaled to [0, 1] on its own, a panel per model."""
     rows = math.ceil(len(filters) / columns)
     fig = Figure(figsize=(3 * columns, 3.2 * rows), dpi=120)
     axes = fig.subplots(rows, columns, squeeze=False)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.augment import normalize, synthesize
+from selfsup.augmentation import normalize, synthesize
 from selfsup.config import Config, config_to_dict, load_config, load_run_config, read_yaml, update_config
 from selfsup.distributed import pick_device
 from selfsup.engine import CHECKPOINT, load_checkpoint, load_run, pretrain, read_metrics, source_images
@@ -114,7 +114,8 @@ def load_study(path: str | Path, methods: list[str] | None = None, sources: list
     return make_study(data, methods, sources, where=str(path))
 
 
-def make_study(data: dict, methods: list[str] | None = None, sources: list[str] | None = None, where: str = "study") -> Study:
+def make_study(data: dict, methods: list[str] | None = None, sources: list[str] | None = None,
+               where: str = "study") -> Study:
     if not isinstance(data, dict) or set(data) - set(STUDY_KEYS):
         extra = sorted(set(data) - set(STUDY_KEYS)) if isinstance(data, dict) else data
         raise SelfSupError(f"{where}: unknown study keys {extra}; a study file has {', '.join(STUDY_KEYS)}")
@@ -126,13 +127,15 @@ def make_study(data: dict, methods: list[str] | None = None, sources: list[str] 
     pretraining = [k for k, cls in METHODS.items() if not cls.needs_targets]
     for m in study.methods:
         if m not in pretraining:
-            raise SelfSupError(f"{where}: unknown study method {m!r}; use pretraining methods from {', '.join(pretraining)}")
+            raise SelfSupError(f"{where}: unknown study method {m!r}; use pretraining methods from "
+                               f"{', '.join(pretraining)}")
     for b in study.baselines:
         if b not in BASELINES:
             raise SelfSupError(f"{where}: unknown baseline {b!r}; use {' or '.join(BASELINES)}")
     for s in study.sources:
         if not (s == "all" or (s.isdigit() and int(s) > 0) or s.startswith("image:")):
-            raise SelfSupError(f"{where}: source {s!r} must be all, a number of images, or image:PATH / image:skimage/NAME")
+            raise SelfSupError(f"{where}: source {s!r} must be all, a number of images, or image:PATH / "
+                               "image:skimage/NAME")
     for m in study.overrides:
         if m not in study.methods and m not in study.baselines and m not in METHODS:
             raise SelfSupError(f"{where}: overrides for {m!r}, which is neither a method nor a baseline")
@@ -163,10 +166,12 @@ def run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bo
             if _same_config(result["config"], cfg, method=cell.method != "random"):
                 return result
             if run is None:
-                raise SelfSupError(f"{cell_dir} holds results for another config than cell {cell.name}; pass --force to redo it")
+                raise SelfSupError(f"{cell_dir} holds results for another config than cell {cell.name}; "
+                                   "pass --force to redo it")
         # Training is reused when all but the eval section matches: a new probe setting re-probes, it does not retrain.
         if run is not None and not _same_config(run["config"], cfg, ignore=("eval",)):
-            raise SelfSupError(f"{cell_dir} holds a run with another config than cell {cell.name}; pass --force to redo it")
+            raise SelfSupError(f"{cell_dir} holds a run with another config than cell {cell.name}; "
+                               "pass --force to redo it")
     knn = None
     if cell.method == "random":
         cell_dir.mkdir(parents=True, exist_ok=True)
@@ -240,13 +245,13 @@ def run_study(study: Study, out: Path, force: bool = False, device: str = "auto"
             failed[cell.name] = str(e)
             print(f"cell {cell.name} failed: {e}", flush=True)
     if results:
-        write_study_report(study, results, out, command, minutes=(time.time() - t0) / 60, device=str(dev), failed=failed,
-                           splits=splits)
+        write_study_report(study, results, out, command, minutes=(time.time() - t0) / 60, device=str(dev),
+                           failed=failed, splits=splits)
         (out / "results.json").write_text(json.dumps({k: {x: v for x, v in r.items() if x != "config"}
                                                       for k, r in results.items()}, indent=2))
     if failed:
-        raise SelfSupError(f"{len(failed)} of {len(cells)} cells failed ({', '.join(failed)}); the others are in {out}; "
-                           "fix the config and run again to redo just those")
+        raise SelfSupError(f"{len(failed)} of {len(cells)} cells failed ({', '.join(failed)}); the others are in "
+                           f"{out}; fix the config and run again to redo just those")
     return results
 
 
@@ -269,8 +274,8 @@ def write_study_report(study: Study, results: dict, out: Path, command: str = ""
     lines = [
         "# What a single image teaches",
         "",
-        f"Backbone `{cfg.model.backbone}` (width {cfg.model.width}) at {cfg.model.input_size} px, the same for every cell. "
-        f"Linear probes on every conv layer, each average-pooled to about {e.probe_dims} dimensions "
+        f"Backbone `{cfg.model.backbone}` (width {cfg.model.width}) at {cfg.model.input_size} px, the same for every "
+        f"cell. Linear probes on every conv layer, each average-pooled to about {e.probe_dims} dimensions "
         f"({e.probe_epochs} epochs of AdamW), and weighted kNN (k={e.knn_k}) on the final representation; trained and "
         f"tested on {e.source or cfg.data.source} ({len(splits[0])} train / {len(splits[1])} test images).",
         "",

@@ -3,9 +3,10 @@ import math
 import numpy as np
 import torch
 
-from selfsup.augment import GRAY, MEAN, STD, AugmentConfig, augment, simclr_recipe, to_input
+from selfsup.augmentation import GRAY, MEAN, STD, AugmentConfig, augment, simclr_recipe, to_input
 
-IDENTITY = AugmentConfig(size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+IDENTITY = AugmentConfig(size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                         grayscale_p=0.0)
 
 
 def _images(n=8, h=16, w=16, seed=0):
@@ -54,13 +55,15 @@ def test_parameters_statistically_within_ranges():
     x = _images(1, 48, 48)
     # Square source and area <= 0.5: every try fits, so no rejection skews the ratio distribution.
     cfg = AugmentConfig(size=8, crop_scale=(0.2, 0.5), crop_ratio=(0.5, 2.0), flip_p=0.3, rotation=20, jitter_p=0.8,
-                        brightness=0.4, contrast=0.3, saturation=0.2, hue=0.1, grayscale_p=0.25, blur_p=0.5, solarize_p=0.1)
+                        brightness=0.4, contrast=0.3, saturation=0.2, hue=0.1, grayscale_p=0.25, blur_p=0.5,
+                        solarize_p=0.1)
     _, p = augment(x, cfg, torch.Generator().manual_seed(0), n=n, return_params=True)
     area = p.crop_wh[:, 0] * p.crop_wh[:, 1]
     assert area.min() >= 0.2 - 1e-6 and area.max() <= 0.5 + 1e-6
     ratio = p.crop_wh[:, 0] / p.crop_wh[:, 1]
     assert ratio.min() >= 0.5 - 1e-4 and ratio.max() <= 2.0 + 1e-4
-    _, wide = augment(_images(1, 40, 90), AugmentConfig(size=8, crop_scale=(0.5, 1.0)), torch.Generator(), n=500, return_params=True)
+    _, wide = augment(_images(1, 40, 90), AugmentConfig(size=8, crop_scale=(0.5, 1.0)), torch.Generator(), n=500,
+                      return_params=True)
     assert (wide.crop_wh <= 1).all()  # crops always stay inside a non-square source
     # log-ratio is uniform: its mean sits in the middle of [log .5, log 2].
     assert abs(torch.log(ratio).mean().item()) < 0.05
@@ -79,7 +82,8 @@ def test_parameters_statistically_within_ranges():
 def test_colour_matrix_matches_sequential_ops():
     """The fused colour map equals brightness/contrast/saturation applied one by one (no hue), in any order."""
     x = _images(64)
-    cfg = AugmentConfig(**{**IDENTITY.__dict__, "jitter_p": 1.0, "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.0})
+    cfg = AugmentConfig(**{**IDENTITY.__dict__, "jitter_p": 1.0, "brightness": 0.3, "contrast": 0.3, "saturation": 0.3,
+                           "hue": 0.0})
     out, p = augment(x, cfg, torch.Generator().manual_seed(1), return_params=True)
     src = x.permute(0, 3, 1, 2).float() / 255
     gray = torch.tensor(GRAY).view(1, 3, 1, 1)
@@ -108,7 +112,8 @@ def test_colour_matrix_matches_sequential_ops():
 
 def test_hue_rotation_keeps_luma_and_grey():
     x = _images(16)
-    cfg = AugmentConfig(**{**IDENTITY.__dict__, "jitter_p": 1.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.5})
+    cfg = AugmentConfig(**{**IDENTITY.__dict__, "jitter_p": 1.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
+                           "hue": 0.5})
     _, p = augment(x, cfg, torch.Generator().manual_seed(2), return_params=True)
     m = p.color[:, :, :3]
     grey = torch.ones(16, 3, 1)
@@ -120,7 +125,7 @@ def test_rotation_by_180_and_crop_of_shared_image():
     x = _images(2, 16, 16)
     cfg = AugmentConfig(**{**IDENTITY.__dict__, "rotation": 0.0})
     # Rotate exactly 180 degrees: the warp must equal a flip of both axes.
-    from selfsup import augment as A
+    from selfsup import augmentation as A
 
     theta, *_ = A._geometry(2, cfg, 16, 16, torch.Generator().manual_seed(0), "cpu")
     theta[:, :, :2] = -theta[:, :, :2]
@@ -135,7 +140,7 @@ def test_rotation_by_180_and_crop_of_shared_image():
 
 
 def test_synthesize_makes_new_images_from_one():
-    from selfsup.augment import single_image_recipe, synthesize
+    from selfsup.augmentation import single_image_recipe, synthesize
 
     one = _images(1, 80, 120)
     cfg = single_image_recipe(size=24)
@@ -149,8 +154,9 @@ def test_synthesize_makes_new_images_from_one():
 
 
 def test_single_image_recipe_stays_in_its_ranges():
-    """The single-image recipe: crops of at least 2% of the image, +-30 degrees, jitter (0.4, 0.4, 0.4, 0.1) half the time."""
-    from selfsup.augment import augment_unit, single_image_recipe
+    """The single-image recipe: crops of at least 2% of the image, +-30 degrees, jitter (0.4, 0.4, 0.4, 0.1) half
+    the time."""
+    from selfsup.augmentation import augment_unit, single_image_recipe
 
     n = 3000
     cfg = single_image_recipe(size=16)

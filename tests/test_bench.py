@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from selfsup.augmentation import AugmentConfig
 from selfsup.bench import MODES, PerSampleViews, _views_transform, bench
-from selfsup.augment import AugmentConfig
 from selfsup.errors import SelfSupError
 
 

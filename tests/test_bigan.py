@@ -5,17 +5,17 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fitting import fit
 
 from selfsup.config import load_config
 from selfsup.methods import DataInfo, build_method
 from selfsup.methods.base import Batch
 
-from fitting import fit
-
 
 def _bigan(size=16):
     cfg = load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": size},
-                                 "augment": {"size": size, "crop_scale": [1.0, 1.0], "jitter_p": 0.0, "grayscale_p": 0.0},
+                                 "augment": {"size": size, "crop_scale": [1.0, 1.0], "jitter_p": 0.0,
+                                             "grayscale_p": 0.0},
                                  "bigan": {"z_dim": 8, "generator_width": 32, "discriminator_width": 16}})
     torch.manual_seed(0)
     return build_method(cfg, DataInfo(32))
@@ -57,7 +57,8 @@ def test_each_net_gets_the_gradient_of_its_own_objective():
     for name, g in zip(d_params, torch.autograd.grad(d_loss, list(d_params.values()))):
         torch.testing.assert_close(combined[f"discriminator.{name}"], g, atol=1e-6, rtol=1e-4)
     for name, g in zip(ge_params, torch.autograd.grad(ge_loss, list(ge_params.values()), allow_unused=True)):
-        torch.testing.assert_close(combined[name], torch.zeros_like(combined[name]) if g is None else g, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(combined[name], torch.zeros_like(combined[name]) if g is None else g,
+                                   atol=1e-6, rtol=1e-4)
 
 
 def test_bigan_trains_and_the_discriminator_learns_on_a_tiny_set():
@@ -75,7 +76,8 @@ def test_bigan_rejects_an_input_size_its_generator_cannot_make():
     from selfsup.errors import SelfSupError
 
     with pytest.raises(SelfSupError, match="power-of-two"):
-        build_method(load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": 24},
+        build_method(load_config(overrides={"method": "bigan",
+                                            "model": {"backbone": "exemplar_small", "input_size": 24},
                                             "augment": {"size": 24}}))
 
 
@@ -92,7 +94,8 @@ def test_sample_grid_shows_samples_reals_and_reconstructions():
 def test_stochastic_encoder_draws_around_its_mean():
     cfg = load_config(overrides={"method": "bigan", "model": {"backbone": "exemplar_small", "input_size": 16},
                                  "augment": {"size": 16}, "bigan": {"z_dim": 8, "generator_width": 32,
-                                                                     "discriminator_width": 16, "stochastic_encoder": True}})
+                                                                     "discriminator_width": 16,
+                                                                     "stochastic_encoder": True}})
     torch.manual_seed(0)
     m = build_method(cfg, DataInfo(32)).eval()
     assert m.to_z.out_features == 16
@@ -105,7 +108,8 @@ def test_stochastic_encoder_draws_around_its_mean():
     log_std = m.to_z(m.backbone(x)).chunk(2, dim=1)[1].clamp(-5, 2)
     torch.testing.assert_close(draws.mean(0), mean, atol=4 * log_std.exp().max().item() / 200 ** 0.5, rtol=0)
     m.train()
-    history = fit(m, torch.randint(0, 256, (32, 16, 16, 3), dtype=torch.uint8), 3, torch.optim.Adam(m.parameters(), lr=2e-4))
+    history = fit(m, torch.randint(0, 256, (32, 16, 16, 3), dtype=torch.uint8), 3,
+                  torch.optim.Adam(m.parameters(), lr=2e-4))
     assert all(torch.isfinite(h["loss"]) for h in history)
 
 
@@ -130,5 +134,6 @@ def test_reconstruction_adds_the_cycle_term_for_encoder_and_generator_only():
     for name, grad in plain_grads.items():
         if name.startswith("discriminator."):
             torch.testing.assert_close(cycled_grads[name], grad)  # D's objective is untouched
-    changed = [n for n in plain_grads if n.startswith(("backbone.", "generator.")) and not torch.allclose(cycled_grads[n], plain_grads[n])]
+    changed = [n for n in plain_grads
+               if n.startswith(("backbone.", "generator.")) and not torch.allclose(cycled_grads[n], plain_grads[n])]
     assert any(n.startswith("backbone.") for n in changed) and any(n.startswith("generator.") for n in changed)

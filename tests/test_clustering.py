@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import tiny_config
 
 from selfsup.cli import main
+from selfsup.engine import load_checkpoint, pretrain
 from selfsup.eval.cluster import cluster_metrics, hungarian_accuracy
 from selfsup.methods.deepcluster import kmeans, kmeans_torch, pca_whiten
 from selfsup.methods.sela import label_schedule
 from selfsup.ot import self_label, sinkhorn
-from selfsup.engine import load_checkpoint, pretrain
-
-from test_train import tiny_config
 
 
 def _blobs(n_per=50, k=4, d=8, seed=0):
@@ -78,7 +77,8 @@ def test_faiss_kmeans_agrees_with_the_torch_kmeans():
         by_faiss = kmeans(x, 2, 30, seed, backend="faiss")
         assert by_faiss.dtype == torch.long and by_faiss.shape == (len(x),)
         assert cluster_metrics(by_faiss.numpy(), truth.numpy())["nmi"] == pytest.approx(1.0)
-        assert cluster_metrics(by_faiss.numpy(), kmeans(x, 2, 30, seed, backend="torch").numpy())["nmi"] == pytest.approx(1.0)
+        assert (cluster_metrics(by_faiss.numpy(), kmeans(x, 2, 30, seed, backend="torch").numpy())["nmi"]
+                == pytest.approx(1.0))
         assert torch.equal(kmeans(x, 2, 30, seed, backend="auto"), by_faiss)  # auto prefers faiss when installed
     dup = torch.cat([torch.zeros(60, 3), torch.ones(60, 3), torch.randn(4, 3) * 10])
     assign = kmeans(dup, 6, 10, 0, backend="faiss")
@@ -141,7 +141,8 @@ def test_labelling_methods_train_on_images_synthesised_once(tmp_path):
     from selfsup.engine import run_images
 
     # Ten digits: fewer than a batch, so 128 images are synthesised from them once, the same every time.
-    cfg = tiny_config(method="sela", data={"num_images": 10}, sela={"num_clusters": 4, "num_heads": 2, "label_steps": 2})
+    cfg = tiny_config(method="sela", data={"num_images": 10},
+                      sela={"num_clusters": 4, "num_heads": 2, "label_steps": 2})
     data, again = run_images(cfg), run_images(cfg)
     size = cfg.data.single_image.size
     assert data.images.shape == (128, size, size, 3) and np.array_equal(data.images, again.images)
@@ -164,7 +165,8 @@ def test_imbalance_keeps_the_documented_fraction_per_class():
 
 def test_labels_export_transfer_round_trip_and_cluster_grid(tmp_path):
     extra = {"sela": {"num_clusters": 10, "num_heads": 2, "label_steps": 1}}
-    pretrain(tiny_config(method="sela", data={"samples_per_epoch": None}, epochs=1, **extra), tmp_path / "sela", progress=False)
+    pretrain(tiny_config(method="sela", data={"samples_per_epoch": None}, epochs=1, **extra), tmp_path / "sela",
+             progress=False)
     csv_path = tmp_path / "labels.csv"
     assert main(["labels", str(tmp_path / "sela"), "-o", str(csv_path)]) == 0
     assert (tmp_path / "labels_clusters.png").stat().st_size > 500

@@ -3,14 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from fitting import fit
 from kornia.color import lab_to_rgb, rgb_to_lab
 
 from selfsup.config import load_config
 from selfsup.methods import DataInfo, build_method
-from selfsup.methods.base import Batch
 from selfsup.methods.colorization import annealed_mean, gamut_bins, rebalancing_weights, soft_encode
-
-from fitting import fit
 
 
 def test_lab_round_trips():
@@ -48,7 +46,8 @@ def test_rebalancing_weights_follow_their_definition():
     torch.testing.assert_close(w, expected / (smoothed * expected).sum())
     assert (smoothed * w).sum() == pytest.approx(1.0)
     assert w[smoothed.argmin()] > w[smoothed.argmax()]  # rare colours count more
-    torch.testing.assert_close(rebalancing_weights(prior, bins.double(), lam=1.0), torch.ones(len(bins), dtype=torch.float64))
+    torch.testing.assert_close(rebalancing_weights(prior, bins.double(), lam=1.0),
+                               torch.ones(len(bins), dtype=torch.float64))
 
 
 def test_annealed_mean_goes_from_mean_to_mode():
@@ -103,4 +102,5 @@ def test_sample_grid_shows_input_prediction_and_truth():
     assert method.training  # the previous mode is restored
     gray = grid[:32].astype(int)
     assert (gray.max(-1) - gray.min(-1)).max() <= 2  # the input row has no colour
-    np.testing.assert_array_equal(grid[72:104, :32], _discs(1, 0)[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy())
+    np.testing.assert_array_equal(grid[72:104, :32],
+                                  _discs(1, 0)[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy())

@@ -5,9 +5,9 @@ import torch
 import yaml
 
 from selfsup.config import load_config, parse_overrides
+from selfsup.engine import lr_at
 from selfsup.errors import SelfSupError
 from selfsup.methods import METHODS, DataInfo, build_method
-from selfsup.engine import lr_at
 
 
 def test_recipe_then_overrides(tmp_path):

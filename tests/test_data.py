@@ -1,4 +1,3 @@
-import io
 import pickle
 import tarfile
 from pathlib import Path
@@ -218,6 +217,7 @@ def test_subset_keeps_a_seeded_random_count():
     ten = subset(digits, 10, seed=4)
     assert len(ten) == 10 and np.array_equal(ten.images, subset(digits, 10, seed=4).images)
     assert not np.array_equal(ten.images, subset(digits, 10, seed=5).images)
-    assert np.array_equal(ten.images[0], digits.images[np.flatnonzero((digits.images == ten.images[0]).all((1, 2, 3)))[0]])
+    assert np.array_equal(ten.images[0],
+                          digits.images[np.flatnonzero((digits.images == ten.images[0]).all((1, 2, 3)))[0]])
     with pytest.raises(SelfSupError, match="holds only"):
         subset(digits, len(digits) + 1)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_custom_method  # noqa: F401 — registers "twin", a method defined in a test file only, so it runs here too
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -124,7 +125,8 @@ def ranks_and_reference(tmp_path_factory):
         refs[name] = _reference(name)
         torch.save(refs[name], out / f"{name}.pt")
     mp.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
-    ranks = {name: [torch.load(out / f"{name}.rank{r}.pt", weights_only=False) for r in range(WORLD)] for name in METHODS}
+    ranks = {name: [torch.load(out / f"{name}.rank{r}.pt", weights_only=False) for r in range(WORLD)]
+             for name in METHODS}
     return refs, ranks
 
 
@@ -159,8 +161,8 @@ def test_torchrun_pretrain_two_processes_on_cpu(tmp_path):
 
 
 def test_sync_bn_on_cpu_is_a_one_line_error(tmp_path):
-    from selfsup.errors import SelfSupError
     from selfsup.engine import pretrain
+    from selfsup.errors import SelfSupError
 
     cfg = load_config(overrides={"sync_bn": True, "device": "cpu", "data": {"source": "digits"}})
     with pytest.raises(SelfSupError, match="sync_bn needs CUDA"):

@@ -5,7 +5,8 @@ from selfsup.demo import demo_study, run_demo
 
 def test_demo_study_grid():
     names = [c.name for c in demo_study().cells()]
-    assert names == ["rotnet__all", "rotnet__astronaut", "simclr__all", "simclr__astronaut", "random__all", "supervised__all"]
+    assert names == ["rotnet__all", "rotnet__astronaut", "simclr__all", "simclr__astronaut", "random__all",
+                     "supervised__all"]
 
 
 def test_demo_writes_study_report(tmp_path):

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from selfsup.eval import knn_accuracy, knn_predict, probe_pool, train_linear_probes
@@ -45,6 +44,7 @@ def test_linear_probes_learn_separable_and_fail_on_noise():
     g = torch.Generator().manual_seed(7)
     noise_tr = torch.randn(xtr.shape, generator=g)
     noise_te = torch.randn(xte.shape, generator=g)
-    accs = train_linear_probes({"good": xtr, "noise": noise_tr}, ytr, {"good": xte, "noise": noise_te}, yte, 4, epochs=20, batch_size=32)
+    accs = train_linear_probes({"good": xtr, "noise": noise_tr}, ytr, {"good": xte, "noise": noise_te}, yte, 4,
+                               epochs=20, batch_size=32)
     assert accs["good"] > 95, accs
     assert accs["noise"] < 50  # chance is 25%

@@ -9,22 +9,27 @@ import numpy as np
 import pytest
 import torch
 from kornia.color import rgb_to_hsv
+from test_train import tiny_config
 
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import load_source
-from selfsup.methods.exemplar.seeds import (ExemplarTransformConfig, gradient_energy, load_seeds, pixel_pca, sample_seeds, save_seeds,
-                              transform)
-from selfsup.eval.quadrant import SVM_C, linear_svm, quadrant_dim, quadrant_features, run_quadrant
-from selfsup.methods.exemplar.seeds import resize_images
-from selfsup.methods.base import Batch
-from selfsup.methods import DataInfo, build_method
-from selfsup.methods.exemplar import Exemplar
-from selfsup.nets import build_backbone
 from selfsup.engine import load_run, pretrain
-from selfsup.methods.exemplar import SEEDS
-
-from test_train import tiny_config
+from selfsup.eval.quadrant import SVM_C, linear_svm, quadrant_dim, quadrant_features, run_quadrant
+from selfsup.methods import DataInfo, build_method
+from selfsup.methods.base import Batch
+from selfsup.methods.exemplar import SEEDS, Exemplar
+from selfsup.methods.exemplar.seeds import (
+    ExemplarTransformConfig,
+    gradient_energy,
+    load_seeds,
+    pixel_pca,
+    resize_images,
+    sample_seeds,
+    save_seeds,
+    transform,
+)
+from selfsup.nets import build_backbone
 
 NEUTRAL = ExemplarTransformConfig(translate=0.0, scale=(1.0, 1.0), rotation=0.0, pca_contrast=(1.0, 1.0),
                                   sv_power=(1.0, 1.0), sv_scale=(1.0, 1.0), sv_shift=(0.0, 0.0), hue=(0.0, 0.0))
@@ -70,7 +75,8 @@ def test_seeds_are_reproducible_saved_and_centred_on_their_patch(tmp_path):
     c = load_seeds(tmp_path / "s.npz")
     assert np.array_equal(c.context, a.context) and c.patch == 32 and c.image_size == 64
     # The context's central 32x32 is the patch at top_left of the image upsampled to 64x64.
-    up = (resize_images(torch.from_numpy(images[a.image_index[:3]]), 64) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    up = ((resize_images(torch.from_numpy(images[a.image_index[:3]]), 64) * 255).round().to(torch.uint8)
+          .permute(0, 2, 3, 1))
     for i in range(3):
         y, x = a.top_left[i]
         assert np.array_equal(a.context[i, 16:48, 16:48], up[i, y:y + 32, x:x + 32].numpy())
@@ -155,7 +161,8 @@ def test_paper_nets_layer_shapes_at_64_pixels():
         maps = net.forward_taps(torch.zeros(1, 3, 64, 64), taps)
         assert [(m.shape[1], m.shape[2]) for m in maps.values()] == expected
         assert quadrant_dim(net, 64) == 4 * sum(c for c, _ in expected)  # 512, 1792, 3440
-    feats = quadrant_features(build_backbone("exemplar_small"), torch.zeros(3, 32, 32, 3, dtype=torch.uint8), 64, torch.device("cpu"))
+    feats = quadrant_features(build_backbone("exemplar_small"), torch.zeros(3, 32, 32, 3, dtype=torch.uint8), 64,
+                              torch.device("cpu"))
     assert feats.shape == (3, 512)
 
 
@@ -219,7 +226,8 @@ def test_quadrant_protocol_reports_mean_and_std_over_folds():
     train, test = load_source("digits", "train", size=16), load_source("digits", "test", size=16)
     folds = [np.arange(i, len(train), 3) for i in range(3)]  # three disjoint training folds, as STL-10 has ten
     net = build_backbone("exemplar_small", input_size=16)
-    result = run_quadrant(net, train, test, torch.device("cpu"), size=16, classifier="probe", folds=folds, probe_epochs=5)
+    result = run_quadrant(net, train, test, torch.device("cpu"), size=16, classifier="probe", folds=folds,
+                          probe_epochs=5)
     assert len(result["folds"]) == 3 and result["dims"] == 512
     assert result["quadrant_top1"] == pytest.approx(np.mean(result["folds"]), abs=0.01)
     assert result["std"] == pytest.approx(np.std(result["folds"]), abs=0.01)
@@ -280,7 +288,8 @@ def test_quadrant_cli_uses_the_stl10_folds(tmp_path, capsys):
         images.transpose(0, 3, 2, 1).tofile(folder / f"{split}_X.bin")
         (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
     (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
-    (folder / "fold_indices.txt").write_text(" ".join(map(str, range(0, 40, 2))) + "\n" + " ".join(map(str, range(1, 40, 2))) + "\n")
+    (folder / "fold_indices.txt").write_text(" ".join(map(str, range(0, 40, 2))) + "\n"
+                                             + " ".join(map(str, range(1, 40, 2))) + "\n")
     pretrain(_exemplar_config(epochs=1), tmp_path / "run", progress=False)
     assert main(["eval", "quadrant", str(tmp_path / "run"), "--size", "32", "--classifier", "probe",
                  "eval.source=stl10", f"eval.root={tmp_path}", "eval.probe_epochs=3"]) == 0

@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from fitting import fit
 
 from selfsup.config import load_config
 from selfsup.errors import SelfSupError
 from selfsup.methods import DataInfo, build_method
 from selfsup.methods.base import Batch
 from selfsup.methods.inpainting import MASKS, erode, make_masks
-
-from fitting import fit
 
 
 @pytest.mark.parametrize("kind", MASKS)
@@ -109,7 +108,8 @@ def test_adversarial_loss_adds_a_discriminator_and_trains():
 
 def test_each_side_gets_only_its_own_adversarial_gradient():
     m = _small(adversarial=0.001)
-    x = m.view(Batch(_stripes(4, 0)[:, :16, :16].contiguous(), torch.arange(4), torch.Generator().manual_seed(1)), m.aug)
+    x = m.view(Batch(_stripes(4, 0)[:, :16, :16].contiguous(), torch.arange(4), torch.Generator().manual_seed(1)),
+               m.aug)
     region, erased = m.masks(4, None, "cpu")
     filled = x * (1 - region) + m.inpaint(x, erased) * region
     d_loss, g_loss = m.adversarial_losses(x, filled)

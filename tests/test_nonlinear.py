@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from selfsup.augment import pad_crop_flip, to_float
+from selfsup.augmentation import pad_crop_flip, to_float
 from selfsup.data import load_source
 from selfsup.errors import SelfSupError
 from selfsup.eval.nonlinear import build_head, train_heads
@@ -36,7 +36,8 @@ def test_pad_crop_flip_is_a_shift_and_maybe_a_flip_of_each_image():
     seen = set()
     for i in range(16):
         matches = [(dy, dx, flip) for dy in range(7) for dx in range(7) for flip in (False, True)
-                   if torch.allclose(out[i], (lambda c: c.flip(-1) if flip else c)(padded[i, :, dy:dy + 12, dx:dx + 12]))]
+                   if torch.allclose(out[i],
+                                     (lambda c: c.flip(-1) if flip else c)(padded[i, :, dy:dy + 12, dx:dx + 12]))]
         assert matches, f"image {i} is no shifted (and flipped) copy of its input"
         seen.update(matches)
     assert len({m[2] for m in seen}) == 2 and len({m[:2] for m in seen}) > 4  # flips and offsets both vary

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from scipy.optimize import linprog
 
-from selfsup.ot import sinkhorn, self_label
+from selfsup.ot import self_label, sinkhorn
 
 
 def _log_p(n: int, k: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
@@ -162,7 +162,8 @@ def test_adding_a_constant_per_sample_leaves_the_plan_unchanged():
     shift = 50.0 * torch.randn(200, 1, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
     for lam in (1.0, 25.0, 100.0):
         exact = sinkhorn(log_p, lam, tol=1e-12, max_iter=100_000, dtype=torch.float64)
-        torch.testing.assert_close(sinkhorn(log_p + shift, lam, tol=1e-12, max_iter=100_000, dtype=torch.float64), exact, atol=1e-12, rtol=1e-8)
+        torch.testing.assert_close(sinkhorn(log_p + shift, lam, tol=1e-12, max_iter=100_000, dtype=torch.float64),
+                                   exact, atol=1e-12, rtol=1e-8)
         if lam <= 25:  # in fp32 (where lam=100 stalls near 1e-5 either way) a logit-sized shift costs only rounding
             assert _l1(sinkhorn((log_p + shift / 10).float(), lam), exact) < 1e-5
 

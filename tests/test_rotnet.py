@@ -4,21 +4,20 @@ import json
 
 import pytest
 import torch
+from test_train import tiny_config
 
-from selfsup.augment import to_input
+from selfsup.augmentation import to_input
 from selfsup.data import load_source
+from selfsup.engine import load_run, pretrain
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import Batch
 from selfsup.methods.rotnet import RotNet, rotate, rotation_batch
 from selfsup.nets import build_backbone
-from selfsup.engine import load_run, pretrain
-
-from test_train import tiny_config
 
 
 def _smooth(n=2, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=size, mode="bicubic", align_corners=True)
+    return torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=size, mode="bicubic",
+                                           align_corners=True)
 
 
 def test_rotations_are_rotations_by_the_label():
@@ -51,8 +50,8 @@ def test_nin_blocks_and_shapes():
 
 
 def test_rotnet_learns_the_pretext_task_on_a_tiny_set(tmp_path):
-    cfg = tiny_config(method="rotnet", epochs=6, data={"samples_per_epoch": None}, optim={"lr": 0.05, "warmup_epochs": 0},
-                      eval={"knn_every": 0})
+    cfg = tiny_config(method="rotnet", epochs=6, data={"samples_per_epoch": None},
+                      optim={"lr": 0.05, "warmup_epochs": 0}, eval={"knn_every": 0})
     pretrain(cfg, tmp_path / "run", progress=False)
     method = load_run(tmp_path / "run")
     assert isinstance(method, RotNet)

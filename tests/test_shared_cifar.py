@@ -22,5 +22,6 @@ def test_raw_pixel_knn_matches_the_published_reference(shared_cifar, shared_cach
     xtr = torch.from_numpy(np.asarray(train.images, dtype=np.float32).reshape(len(train), -1))
     xte = torch.from_numpy(np.asarray(test.images, dtype=np.float32).reshape(len(test), -1))
     xtr, xte = xtr - xtr.mean(1, keepdim=True), xte - xte.mean(1, keepdim=True)
-    top1 = knn_accuracy(xtr, torch.from_numpy(train.labels), xte, torch.from_numpy(test.labels), 10, k=200, temperature=0.07)
+    top1 = knn_accuracy(xtr, torch.from_numpy(train.labels), xte, torch.from_numpy(test.labels), 10, k=200,
+                        temperature=0.07)
     assert abs(top1 - 45.5) < 0.6, top1

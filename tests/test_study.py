@@ -29,7 +29,8 @@ def test_cells_and_their_configs():
     assert cells["rotnet__coffee"].config.data.source == "image:skimage/coffee"
     assert cells["rotnet__all"].config.data.samples_per_epoch == 64
     # supervised keeps a label per image: it trains on real epochs, with its own overrides
-    assert cells["supervised__all"].config.data.samples_per_epoch is None and cells["supervised__all"].config.epochs == 3
+    assert (cells["supervised__all"].config.data.samples_per_epoch is None
+            and cells["supervised__all"].config.epochs == 3)
     assert source_slug("image:photos/beach.jpg") == "beach"
 
 
@@ -122,7 +123,8 @@ def test_cli_study_errors_are_one_line(tmp_path, capsys):
     from selfsup.cli import main
 
     assert main(["study", "single-image", str(tmp_path / "missing.yaml")]) == 2
-    assert capsys.readouterr().err.strip() == f"selfsup: error: study file {tmp_path / 'missing.yaml'} does not exist; give a YAML file such as recipes/single_image_cpu.yaml"
+    assert capsys.readouterr().err.strip() == (f"selfsup: error: study file {tmp_path / 'missing.yaml'} "
+                                               "does not exist; give a YAML file such as recipes/single_image_cpu.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("methods: [rotnet]\nsources: [all]\nbase: {epochs: 1}\n")
     assert main(["study", "single-image", str(bad), "--methods", "rotnet,nope"]) == 2
@@ -131,7 +133,8 @@ def test_cli_study_errors_are_one_line(tmp_path, capsys):
 
 def test_a_failed_cell_does_not_stop_the_others(tmp_path):
     run_study(_study(sources=["all"], baselines=[]), tmp_path, progress=False)
-    clash = _study(sources=["all", "image:skimage/astronaut"], overrides={"rotnet": {"optim": {"lr": 0.05}}}, baselines=["random"])
+    clash = _study(sources=["all", "image:skimage/astronaut"], overrides={"rotnet": {"optim": {"lr": 0.05}}},
+                   baselines=["random"])
     with pytest.raises(SelfSupError, match=r"1 of 3 cells failed \(rotnet__all\)"):
         run_study(clash, tmp_path, progress=False)  # rotnet__all was trained with lr 0.1: kept, reported as failed
     assert (tmp_path / "cells" / "rotnet__astronaut" / "probes.json").is_file()

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from selfsup.config import load_config
+from selfsup.engine import LARS, load_checkpoint, lr_at, pretrain
 from selfsup.errors import SelfSupError
 from selfsup.methods.simclr import SimCLR
-from selfsup.engine import LARS, load_checkpoint, lr_at, pretrain
 
 
 def tiny_config(**extra):
@@ -123,7 +123,8 @@ def test_nesterov_option_and_the_rotnet_recipe():
     from selfsup.engine import build_optimizer
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    cfg = load_config(Path(__file__).parents[1] / "recipes" / "rotnet_cifar10.yaml")  # the paper's optimizer: Nesterov, decay on every weight
+    # the paper's optimizer: Nesterov, decay on every weight
+    cfg = load_config(Path(__file__).parents[1] / "recipes" / "rotnet_cifar10.yaml")
     opt = build_optimizer(net, cfg.optim)
     assert all(g["nesterov"] and g["weight_decay"] == 5e-4 for g in opt.param_groups)
     assert cfg.epochs == 200 and cfg.optim.step_epochs == [60, 120, 160] and cfg.model.backbone == "nin"

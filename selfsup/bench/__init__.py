@@ -62,12 +62,16 @@ def plan(methods: list[str], s: dict, device: str, skip: set[str], compiled: boo
     if "sinkhorn" not in skip:
         items.append({"kind": "bandwidth"})
         main = dict(kind="sinkhorn", n=s["sinkhorn_n"], k=s["sinkhorn_k"], lam=25.0)
-        items += [dict(main, solver="selfsup", iters=s["sinkhorn_iters"]), dict(main, solver="plain", lam=1.0, iters=s["sinkhorn_iters"]),
+        items += [dict(main, solver="selfsup", iters=s["sinkhorn_iters"]),
+                  dict(main, solver="plain", lam=1.0, iters=s["sinkhorn_iters"]),
                   dict(main, solver="log", iters=max(2, s["sinkhorn_iters"] // 10))]
         if "pot" not in skip:
-            items += [dict(main, solver="pot", iters=s["pot_iters"]), dict(main, solver="pot_log", iters=max(1, s["pot_iters"] // 2))]
-        stable = dict(kind="sinkhorn", n=s["stable_n"], k=s["stable_k"], lam=100.0, iters=s["sinkhorn_iters"], stability=True)
-        items += [dict(stable, solver="selfsup"), dict(stable, solver="plain"), dict(stable, solver="log", iters=max(2, s["sinkhorn_iters"] // 10))]
+            items += [dict(main, solver="pot", iters=s["pot_iters"]),
+                      dict(main, solver="pot_log", iters=max(1, s["pot_iters"] // 2))]
+        stable = dict(kind="sinkhorn", n=s["stable_n"], k=s["stable_k"], lam=100.0, iters=s["sinkhorn_iters"],
+                      stability=True)
+        items += [dict(stable, solver="selfsup"), dict(stable, solver="plain"),
+                  dict(stable, solver="log", iters=max(2, s["sinkhorn_iters"] // 10))]
     if "knn" not in skip:
         items += [{"kind": "knn"}, {"kind": "linear"}]
     for it in items:
@@ -76,8 +80,8 @@ def plan(methods: list[str], s: dict, device: str, skip: set[str], compiled: boo
 
 
 def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmarks/results", tiny: bool = False,
-          skip: set[str] | None = None, overrides: dict | None = None, force: bool = False, command: str = "selfsup bench",
-          progress: bool = True, compiled: bool = False) -> tuple[Path, list[dict]]:
+          skip: set[str] | None = None, overrides: dict | None = None, force: bool = False,
+          command: str = "selfsup bench", progress: bool = True, compiled: bool = False) -> tuple[Path, list[dict]]:
     """Run every item in a fresh process and write <out>/<device>-<date>.md and .json; returns the markdown path."""
     from tqdm import tqdm
 
@@ -90,7 +94,8 @@ def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmark
     skip = set(skip or ())
     bad_skip = skip - {"dataloader", "sinkhorn", "pot", "knn"}
     if bad_skip:
-        raise SelfSupError(f"unknown --skip item(s) {', '.join(sorted(bad_skip))}; use dataloader, sinkhorn, pot or knn")
+        raise SelfSupError(f"unknown --skip item(s) {', '.join(sorted(bad_skip))}; "
+                           "use dataloader, sinkhorn, pot or knn")
     dev = pick_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SelfSupError(f"--device {device} asked for CUDA, which this machine does not have")
@@ -119,7 +124,8 @@ def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmark
     for item in tqdm(items, desc="bench", disable=not progress, dynamic_ncols=True):
         results.append({"item": item, "result": _in_fresh_process(item)})
     meta = {"command": command, "date": date.today().isoformat(), "device": dev.type,
-            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+            "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                            else f"CPU ({platform.processor() or platform.machine()})"),
             "cores": cores(), "threads": torch.get_num_threads(), "torch": torch.__version__, "settings": s,
             "skipped": sorted(skip)}
     json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))

@@ -30,7 +30,7 @@ def _views_transform(aug, size: int):
     """torchvision's per-sample version of an AugmentConfig, as other libraries build it."""
     import torchvision.transforms as T
 
-    from selfsup.augment import MEAN, STD
+    from selfsup.augmentation import MEAN, STD
 
     steps = [T.RandomResizedCrop(size, scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio)),
              T.RandomHorizontalFlip(aug.flip_p),
@@ -163,7 +163,8 @@ def copy_bandwidth(item: dict, device: torch.device) -> dict:
 
 
 def _marginal_error(q: torch.Tensor) -> float:
-    """L1 distance of the plan's row and column sums from the uniform marginals (each of mass 1); nan when not finite."""
+    """L1 distance of the plan's row and column sums from the uniform marginals (each of mass 1);
+    nan when not finite."""
     q = q.double()
     n, k = q.shape
     return float((q.sum(1) - 1 / n).abs().sum() + (q.sum(0) - 1 / k).abs().sum())
@@ -259,9 +260,11 @@ def linear_item(item: dict, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
     train = torch.randn(s["knn_train"], s["feature_dim"], generator=g)
     test = torch.randn(s["knn_test"], s["feature_dim"], generator=g)
-    y_train, y_test = torch.randint(10, (s["knn_train"],), generator=g), torch.randint(10, (s["knn_test"],), generator=g)
+    y_train, y_test = (torch.randint(10, (s["knn_train"],), generator=g),
+                       torch.randint(10, (s["knn_test"],), generator=g))
     t0 = time.perf_counter()
-    train_linear_probes({"features": train}, y_train, {"features": test}, y_test, 10, epochs=s["probe_epochs"], device=device)
+    train_linear_probes({"features": train}, y_train, {"features": test}, y_test, 10, epochs=s["probe_epochs"],
+                        device=device)
     _sync(device)
     return {"seconds_per_epoch": (time.perf_counter() - t0) / s["probe_epochs"]}
 

@@ -16,7 +16,8 @@ def cores() -> int:
 
 
 def settings(device: torch.device, tiny: bool = False) -> dict:
-    """The default sizes: the issue's H100 set-up on CUDA, the CPU studies' set-up on CPU, seconds-long ones for tests."""
+    """The default sizes: the issue's H100 set-up on CUDA, the CPU studies' set-up on CPU, seconds-long ones for
+    tests."""
     if tiny:
         return dict(backbone="alexnet_small", width=0.25, batch_size=32, steps=2, warmup=1, source="digits", size=32,
                     sinkhorn_n=2000, sinkhorn_k=100, sinkhorn_iters=10, pot_iters=2, stable_n=1000, stable_k=500,

@@ -49,13 +49,16 @@ def parse_source(spec: str) -> tuple[str, str]:
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in SOURCES:
-        raise SelfSupError(f"unknown data source {spec!r}; use one of {', '.join(s + (':PATH' if s in ('folder', 'image') else '') for s in SOURCES)}")
+        raise SelfSupError(f"unknown data source {spec!r}; use one of "
+                           f"{', '.join(s + (':PATH' if s in ('folder', 'image') else '') for s in SOURCES)}")
     if kind in ("folder", "image") and not arg:
-        raise SelfSupError(f"data source {spec!r} needs a path, e.g. {kind}:/path/to/{'images' if kind == 'folder' else 'photo.jpg'}")
+        raise SelfSupError(f"data source {spec!r} needs a path, e.g. "
+                           f"{kind}:/path/to/{'images' if kind == 'folder' else 'photo.jpg'}")
     return kind, arg
 
 
-def load_source(spec: str, split: str = "train", root: str | None = None, download: bool = False, size: int | None = None) -> ImageArray:
+def load_source(spec: str, split: str = "train", root: str | None = None, download: bool = False,
+                size: int | None = None) -> ImageArray:
     """Load one split of a source spec such as 'cifar10', 'folder:PATH', 'image:skimage/astronaut', 'digits'."""
     kind, arg = parse_source(spec)
     split = SPLIT_ALIASES.get(split, split)
@@ -128,7 +131,8 @@ def _require(path: Path, name: str, root: Path, download: bool) -> Path:
     if not path.exists() and download:
         _download(name, root)
     if not path.exists():
-        raise SelfSupError(f"{name} not found at {path}; pass --download to fetch it, or data.root=DIR pointing at the folder that holds it")
+        raise SelfSupError(f"{name} not found at {path}; pass --download to fetch it, "
+                           "or data.root=DIR pointing at the folder that holds it")
     return path
 
 
@@ -142,7 +146,8 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="bytes")
     except Exception as e:  # noqa: BLE001 — any failure here means the file is not a CIFAR batch
-        raise SelfSupError(f"cannot read CIFAR batch {path}: {e}; delete it and pass --download to fetch it again") from None
+        raise SelfSupError(f"cannot read CIFAR batch {path}: {e}; "
+                           "delete it and pass --download to fetch it again") from None
 
 
 def _cifar(arg: str, split: str, root: Path, download: bool, size: int | None, hundred: bool) -> ImageArray:
@@ -162,10 +167,12 @@ def _cifar(arg: str, split: str, root: Path, download: bool, size: int | None, h
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.extend(batch[label_key])
         meta = folder / meta_file
-        classes = [c.decode() for c in _unpickle(meta)[names_key]] if meta.exists() else [str(i) for i in range(max(labels) + 1)]
+        classes = ([c.decode() for c in _unpickle(meta)[names_key]] if meta.exists()
+                   else [str(i) for i in range(max(labels) + 1)])
         return np.concatenate(images), np.asarray(labels, dtype=np.int64), classes
 
-    return ImageArray(name, *cached_arrays(name + "-" + split, cache_key(folder.resolve(), split, _stat(folder)), decode))
+    return ImageArray(name, *cached_arrays(name + "-" + split, cache_key(folder.resolve(), split, _stat(folder)),
+                                           decode))
 
 
 def _stl10(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
@@ -197,7 +204,8 @@ def _stl10(arg: str, split: str, root: Path, download: bool, size: int | None) -
         labels = np.concatenate(ys)
         return np.concatenate(xs), (None if split == "unlabeled" else labels), classes
 
-    return ImageArray("stl10", *cached_arrays("stl10-" + split.replace("+", "_"), cache_key(folder.resolve(), split, _stat(folder)), decode))
+    return ImageArray("stl10", *cached_arrays("stl10-" + split.replace("+", "_"),
+                                              cache_key(folder.resolve(), split, _stat(folder)), decode))
 
 
 def stl10_folds(root: str | None = None) -> list[np.ndarray]:
@@ -218,7 +226,8 @@ def _svhn(arg: str, split: str, root: Path, download: bool, size: int | None) ->
             mat = loadmat(str(path))
             x, y = mat["X"], mat["y"]
         except Exception as e:  # noqa: BLE001
-            raise SelfSupError(f"cannot read SVHN file {path}: {e}; delete it and pass --download to fetch it again") from None
+            raise SelfSupError(f"cannot read SVHN file {path}: {e}; "
+                               "delete it and pass --download to fetch it again") from None
         # Digit 0 is stored as label 10.
         return x.transpose(3, 0, 1, 2), np.asarray(y, dtype=np.int64).reshape(-1) % 10, [str(i) for i in range(10)]
 
@@ -242,7 +251,8 @@ def _iter_folder(path: Path) -> Iterator[tuple[PurePosixPath, callable]]:
     try:
         archive = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError):
-        raise SelfSupError(f"{path} is neither a folder nor a readable .tar/.tar.gz archive; give a folder of images or a tarball of one") from None
+        raise SelfSupError(f"{path} is neither a folder nor a readable .tar/.tar.gz archive; "
+                           "give a folder of images or a tarball of one") from None
     with archive:
         try:
             for member in archive:
@@ -299,12 +309,14 @@ def _folder(arg: str, split: str, root: Path, download: bool, size: int | None) 
     def decode():
         entries = list(_iter_folder(path))
         if not entries:
-            raise SelfSupError(f"no images found in {path}; it must hold image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise SelfSupError(f"no images found in {path}; "
+                               f"it must hold image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         rel, splits = _folder_layout([e[0] for e in entries])
         if splits:
             if split not in splits:
                 raise SelfSupError(f"{path} has no {split!r} split; it has {', '.join(sorted(splits))}")
-            chosen = [(PurePosixPath(*r.parts[1:]), e[1], e[0]) for r, e in zip(rel, entries) if r.parts[0] == splits[split]]
+            chosen = [(PurePosixPath(*r.parts[1:]), e[1], e[0]) for r, e in zip(rel, entries)
+                      if r.parts[0] == splits[split]]
         elif split in ("train", "all"):
             chosen = [(r, e[1], e[0]) for r, e in zip(rel, entries)]
         else:
@@ -321,7 +333,8 @@ def _folder(arg: str, split: str, root: Path, download: bool, size: int | None) 
                 labels.append(index[r.parts[0]])
         shapes = {im.shape for im in images}
         if len(shapes) > 1:
-            raise SelfSupError(f"images in {path} differ in size ({len(shapes)} sizes, e.g. {sorted(shapes)[:2]}); pass data.size=N to resize them")
+            raise SelfSupError(f"images in {path} differ in size ({len(shapes)} sizes, e.g. {sorted(shapes)[:2]}); "
+                               "pass data.size=N to resize them")
         return np.stack(images), (np.asarray(labels, dtype=np.int64) if labelled else None), classes
 
     key = cache_key(path.resolve(), split, size, _stat(path) if path.is_file() else _dir_stamp(path))
@@ -355,7 +368,8 @@ def load_image(arg: str) -> np.ndarray:
         try:
             img = np.asarray(loader())
         except Exception as e:  # noqa: BLE001 — some skimage images need a download we cannot do
-            raise SelfSupError(f"scikit-image photograph {name!r} is not available offline ({e}); try astronaut, coffee or chelsea") from None
+            raise SelfSupError(f"scikit-image photograph {name!r} is not available offline ({e}); "
+                               "try astronaut, coffee or chelsea") from None
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, axis=2)
         return np.ascontiguousarray(img[..., :3]).astype(np.uint8)

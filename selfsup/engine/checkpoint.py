@@ -41,7 +41,8 @@ def check_run_dir(out: Path, resume: bool, force: bool) -> None:
             raise SelfSupError(f"cannot resume: no {CHECKPOINT} in {out}")
         return
     if out.exists() and any(out.iterdir()) and not force:
-        raise SelfSupError(f"run directory {out} already exists; pass --resume to continue it or --force to overwrite it")
+        raise SelfSupError(f"run directory {out} already exists; pass --resume to continue it or --force to "
+                           "overwrite it")
 
 
 def create_run_dir(out: Path, resume: bool) -> None:

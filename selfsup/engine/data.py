@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfsup.augment import synthesize
+from selfsup.augmentation import synthesize
 from selfsup.config import IN_MEMORY, Config
 from selfsup.data import ImageArray, imbalanced, load_source, subset
 from selfsup.errors import SelfSupError
@@ -19,7 +19,8 @@ def as_image_array(images) -> ImageArray:
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     if not isinstance(images, np.ndarray):
-        raise SelfSupError(f"training data must be a source spec, an ImageArray or uint8 images, got {type(images).__name__}")
+        raise SelfSupError(f"training data must be a source spec, an ImageArray or uint8 images, "
+                           f"got {type(images).__name__}")
     if images.dtype != np.uint8:
         raise SelfSupError(f"training images must be uint8 (values 0..255), got {images.dtype}; e.g. "
                            "(x * 255).round().to(torch.uint8) for floats in [0,1]")

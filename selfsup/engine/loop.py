@@ -22,11 +22,18 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from selfsup.augment import synthesize
+from selfsup.augmentation import synthesize
 from selfsup.config import Config, config_to_dict, load_run_config, save_config
 from selfsup.distributed import DistInfo, init_distributed
-from selfsup.engine.checkpoint import (CHECKPOINT, CONFIG, append_metrics, check_run_dir, create_run_dir,
-                                       load_checkpoint, save_atomic)
+from selfsup.engine.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    append_metrics,
+    check_run_dir,
+    create_run_dir,
+    load_checkpoint,
+    save_atomic,
+)
 from selfsup.engine.data import source_images, training_data
 from selfsup.engine.optim import Schedule, build_optimizer
 from selfsup.errors import SelfSupError, warn
@@ -241,7 +248,8 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 bad = flag.bool()
             if bad.item():
-                kept = f"the last good checkpoint (epoch {epoch}) is kept in {run.out}" if run.out else "nothing was saved"
+                kept = (f"the last good checkpoint (epoch {epoch}) is kept in {run.out}" if run.out
+                        else "nothing was saved")
                 raise SelfSupError(f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, and "
                                    f"{kept} — lower optim.lr or check the data")
             if run.writer:
@@ -350,7 +358,7 @@ def fit(method: Method | None = None, data=None, cfg: Config | None = None, out:
 
 
 def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
-    """Pretrain cfg.method on cfg.data into run directory `out` (`selfsup pretrain`); returns the last epoch's metrics."""
+    """Pretrain cfg.method on cfg.data into run directory `out` (selfsup pretrain); returns the last epoch's metrics."""
     return fit(None, None, cfg, out, resume=resume, force=force, progress=progress).last_metrics
 
 

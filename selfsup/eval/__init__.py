@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.augment import normalize
+from selfsup.augmentation import normalize
 from selfsup.config import IN_MEMORY, Config
 from selfsup.data import ImageArray, load_source
 from selfsup.errors import SelfSupError
@@ -36,7 +36,8 @@ def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageAr
     for part in (train, test):
         if part.labels is None or (part.labels < 0).all():
             if required:
-                raise SelfSupError(f"{source} split has no labels; set eval.source to a labelled source (e.g. eval.source=digits)")
+                raise SelfSupError(f"{source} split has no labels; "
+                                   "set eval.source to a labelled source (e.g. eval.source=digits)")
             return None
     return train, test
 
@@ -49,8 +50,9 @@ def run_knn(backbone: Backbone, cfg: Config, device: torch.device, splits: tuple
     bank = extract_features(backbone, train.images, size, device, cfg.eval.batch_size, transform)
     queries = extract_features(backbone, test.images, size, device, cfg.eval.batch_size, transform)
     keep = torch.from_numpy(train.labels >= 0)
-    return knn_accuracy(bank[keep.to(bank.device)], torch.from_numpy(train.labels)[keep], queries, torch.from_numpy(test.labels),
-                        max(train.num_classes, int(train.labels.max()) + 1), cfg.eval.knn_k, cfg.eval.knn_t)
+    return knn_accuracy(bank[keep.to(bank.device)], torch.from_numpy(train.labels)[keep], queries,
+                        torch.from_numpy(test.labels), max(train.num_classes, int(train.labels.max()) + 1),
+                        cfg.eval.knn_k, cfg.eval.knn_t)
 
 
 @dataclass
@@ -87,15 +89,18 @@ def linear_probes(feats: TapFeatures, cfg: Config, device: torch.device) -> dict
 
 def layer_knn(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str, float]:
     """Top-1 (percent) of weighted kNN (eval.knn_k, eval.knn_t) on each tap's pooled features."""
-    return {name: knn_accuracy(feats.train[name].to(device).float(), feats.train_labels, feats.test[name].to(device).float(),
-                               feats.test_labels, feats.num_classes, cfg.eval.knn_k, cfg.eval.knn_t) for name in feats.train}
+    return {name: knn_accuracy(feats.train[name].to(device).float(), feats.train_labels,
+                               feats.test[name].to(device).float(), feats.test_labels, feats.num_classes,
+                               cfg.eval.knn_k, cfg.eval.knn_t)
+            for name in feats.train}
 
 
 def run_linear(backbone: Backbone, cfg: Config, device: torch.device, layers: list[str] | None = None,
-               splits: tuple[ImageArray, ImageArray] | None = None, transform: Transform = normalize) -> dict[str, float]:
+               splits: tuple[ImageArray, ImageArray] | None = None,
+               transform: Transform = normalize) -> dict[str, float]:
     """Top-1 (percent) of a linear probe on every requested tap (all when None)."""
     return linear_probes(tap_features(backbone, cfg, device, layers, splits, transform), cfg, device)
 
 
-__all__ = ["eval_splits", "run_knn", "run_linear", "tap_features", "linear_probes", "layer_knn", "TapFeatures", "extract_features", "extract_taps", "probe_pool",
-           "knn_accuracy", "knn_predict", "train_linear_probes"]
+__all__ = ["eval_splits", "run_knn", "run_linear", "tap_features", "linear_probes", "layer_knn", "TapFeatures",
+           "extract_features", "extract_taps", "probe_pool", "knn_accuracy", "knn_predict", "train_linear_probes"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.augment import normalize, to_input
+from selfsup.augmentation import normalize, to_input
 from selfsup.nets import Backbone, eval_mode
 
 Transform = Callable[[torch.Tensor], torch.Tensor]  # RGB in [0,1] -> what the backbone sees (Method.input_transform)

@@ -24,8 +24,8 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     return torch.cat(scores)
 
 
-def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
-                 num_classes: int, k: int = 200, temperature: float = 0.1) -> float:
+def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 test_labels: torch.Tensor, num_classes: int, k: int = 200, temperature: float = 0.1) -> float:
     """Top-1 accuracy (percent) of weighted kNN."""
     pred = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature).argmax(1)
     return 100.0 * (pred.cpu() == test_labels.cpu()).float().mean().item()

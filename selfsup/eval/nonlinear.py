@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from selfsup.augment import normalize, pad_crop_flip, resize, to_input
+from selfsup.augmentation import normalize, pad_crop_flip, resize, to_input
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import Transform, _batches
 from selfsup.nets import Backbone, eval_mode

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.augment import normalize
+from selfsup.augmentation import normalize
 from selfsup.config import EvalConfig, apply_overrides, load_config
 from selfsup.data import ImageArray
 from selfsup.errors import SelfSupError
@@ -120,7 +120,8 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
 
         source = cfg.eval.source or cfg.data.source
         # STL-10's protocol: one classifier per predefined 1,000-image training fold.
-        folds = stl10_folds(cfg.eval.root or cfg.data.root) if source == "stl10" and cfg.eval.train_split == "train" else None
+        stl10 = source == "stl10" and cfg.eval.train_split == "train"
+        folds = stl10_folds(cfg.eval.root or cfg.data.root) if stl10 else None
         result = {"model": model_name, **run_quadrant(backbone, *splits, dev, size, classifier, folds,
                                                       probe_epochs=cfg.eval.probe_epochs, seed=cfg.seed,
                                                       transform=transform)}
@@ -146,7 +147,8 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
     return result
 
 
-def export_labels(run: str | Path, output: str | Path = "labels.csv", device: str = "auto", force: bool = False) -> dict:
+def export_labels(run: str | Path, output: str | Path = "labels.csv", device: str = "auto",
+                  force: bool = False) -> dict:
     """Write a sela/deepcluster run's labels as CSV (index, label_t and confidence_t per head, true_label when known)
     and a grid of each large cluster's images nearest its centre; returns a summary with clustering metrics against
     the true labels when the data has them."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.augment import normalize, to_input
+from selfsup.augmentation import normalize, to_input
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import Transform, _batches
 from selfsup.eval.linear import train_linear_probes
@@ -67,7 +67,8 @@ def linear_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, tes
 
     best = cs[0]
     if len(cs) > 1:
-        fit_x, hold_x, fit_y, hold_y = train_test_split(train_x, train_y, test_size=0.1, random_state=seed, stratify=train_y)
+        fit_x, hold_x, fit_y, hold_y = train_test_split(train_x, train_y, test_size=0.1, random_state=seed,
+                                                        stratify=train_y)
         scores = [fit(fit_x, fit_y, c).score(hold_x, hold_y) for c in cs]
         best = cs[int(np.argmax(scores))]
     return 100.0 * fit(train_x, train_y, best).score(test_x, test_y), best
@@ -96,7 +97,8 @@ def run_quadrant(backbone: Backbone, train, test, device: torch.device, size: in
         result["quadrant_top1"] = round(classify(train_x, train.labels, test_x, test.labels, classifier, num_classes,
                                                  device, probe_epochs, seed), 2)
         return result
-    accs = [classify(train_x[f], train.labels[f], test_x, test.labels, classifier, num_classes, device, probe_epochs, seed)
+    accs = [classify(train_x[f], train.labels[f], test_x, test.labels, classifier, num_classes, device,
+                     probe_epochs, seed)
             for f in folds]
     result.update(quadrant_top1=round(float(np.mean(accs)), 2), std=round(float(np.std(accs)), 2),
                   folds=[round(a, 2) for a in accs])

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from selfsup.augment import AugmentConfig, augment_unit, normalize, to_input
+from selfsup.augmentation import AugmentConfig, augment_unit, normalize, to_input
 from selfsup.distributed import all_gather_nograd, rank, world_size
 from selfsup.errors import SelfSupError
 from selfsup.nets import Backbone, as_backbone, eval_mode

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from selfsup.augment import MEAN, STD, to_input
+from selfsup.augmentation import MEAN, STD, to_input
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, Method, call_frozen
 from selfsup.methods.registry import register_method
@@ -50,7 +50,7 @@ class BiGANConfig:
 
 
 class Generator(nn.Module):
-    """z -> image in the network's normalised input range (DCGAN layout, tanh output mapped to [0,1] then normalised)."""
+    """z -> image in the network's normalised input range (DCGAN layout; tanh output mapped to [0,1], normalised)."""
 
     def __init__(self, z_dim: int, size: int, width: int = 256):
         super().__init__()
@@ -58,10 +58,11 @@ class Generator(nn.Module):
         ups = []
         c, s = width, self.start
         while s < size:
-            ups += [nn.ConvTranspose2d(c, max(32, c // 2), 4, 2, 1, bias=False), nn.BatchNorm2d(max(32, c // 2)), nn.ReLU(True)]
+            ups += [nn.ConvTranspose2d(c, max(32, c // 2), 4, 2, 1, bias=False), nn.BatchNorm2d(max(32, c // 2)),
+                    nn.ReLU(True)]
             c, s = max(32, c // 2), s * 2
-        self.fc = nn.Sequential(nn.Linear(z_dim, width * self.start ** 2, bias=False), nn.BatchNorm1d(width * self.start ** 2),
-                                nn.ReLU(True))
+        self.fc = nn.Sequential(nn.Linear(z_dim, width * self.start ** 2, bias=False),
+                                nn.BatchNorm1d(width * self.start ** 2), nn.ReLU(True))
         self.net = nn.Sequential(*ups, nn.Conv2d(c, 3, 3, padding=1), nn.Tanh())
         self.width = width
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
@@ -136,7 +137,8 @@ class BiGAN(Method):
         g_fake = call_frozen(self.discriminator, x_fake, z_fake)
         ge_loss = F.binary_cross_entropy_with_logits(g_real, zeros) + F.binary_cross_entropy_with_logits(g_fake, ones)
         d_acc = ((d_real > 0).float().mean() + (d_fake < 0).float().mean()) / 2
-        out = {"loss": d_loss + ge_loss, "d_loss": d_loss.detach(), "ge_loss": ge_loss.detach(), "d_accuracy": d_acc.detach()}
+        out = {"loss": d_loss + ge_loss, "d_loss": d_loss.detach(), "ge_loss": ge_loss.detach(),
+               "d_accuracy": d_acc.detach()}
         if self.cfg.reconstruction > 0:
             # ALICE's cycle term: the adversarial game alone does not make E(x) say which x it came from (the two
             # nets can match the joint distributions only loosely), this ties G(E(x)) back to x.
@@ -152,7 +154,8 @@ class BiGAN(Method):
         with torch.no_grad(), eval_mode(self):
             x = to_input(images, self.input_size)
             z = torch.randn(len(x), self.cfg.z_dim, generator=generator, device=x.device)
-            return image_rows([unnormalize(self.generator(z)), unnormalize(x), unnormalize(self.generator(self.encode(x)))])
+            return image_rows([unnormalize(self.generator(z)), unnormalize(x),
+                               unnormalize(self.generator(self.encode(x)))])
 
 
 __all__ = ["BiGAN", "BiGANConfig", "Generator", "Discriminator"]

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from kornia.color import lab_to_rgb, rgb_to_lab
 
-from selfsup.augment import augment_unit, resize, to_float
+from selfsup.augmentation import augment_unit, resize, to_float
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, Method
 from selfsup.methods.registry import register_method
@@ -120,7 +120,8 @@ class Colorization(Method):
         """Bin frequencies over (a sample of) the training images -> rebalancing weights."""
         if self.cfg.loss != "classification":
             return
-        sample = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:2000].to(images.device)]
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:2000]
+        sample = images[pick.to(images.device)]
         prior = torch.zeros(len(self.bins), dtype=torch.float64, device=images.device)
         for part in sample.split(100):  # in parts: all 2,000 images' pixel-to-bin distances at once take 2 GB
             ab = rgb_to_lab(to_float(part))[:, 1:].permute(0, 2, 3, 1).reshape(-1, 2)
@@ -137,7 +138,10 @@ class Colorization(Method):
     def colorize(self, lab: torch.Tensor) -> torch.Tensor:
         """RGB (B,3,H,W) in [0,1]: the input's L with the predicted ab, upsampled to full resolution."""
         out = self.predict(lab)
-        ab = annealed_mean(out, self.bins, self.cfg.temperature) if self.cfg.loss == "classification" else out * AB_RANGE
+        if self.cfg.loss == "classification":
+            ab = annealed_mean(out, self.bins, self.cfg.temperature)
+        else:
+            ab = out * AB_RANGE
         ab = F.interpolate(ab, size=lab.shape[-2:], mode="bilinear", align_corners=False)
         return lab_to_rgb(torch.cat([lab[:, :1], ab], 1), clip=True)
 

@@ -48,7 +48,8 @@ def kmeans_torch(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> tup
     """
     n = x.shape[0]
     if n < k:
-        raise SelfSupError(f"k-means needs at least as many samples ({n}) as clusters ({k}); lower deepcluster.num_clusters")
+        raise SelfSupError(f"k-means needs at least as many samples ({n}) as clusters ({k}); "
+                           "lower deepcluster.num_clusters")
     g = torch.Generator(device=x.device).manual_seed(seed)
     centroids = x[torch.randperm(n, generator=g, device=x.device)[:k]].clone()
     assign = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -81,7 +82,8 @@ def kmeans(x: torch.Tensor, k: int, iters: int, seed: int, backend: str = "auto"
             import faiss
         except ImportError:
             if backend == "faiss":
-                raise SelfSupError("deepcluster.backend=faiss but faiss is not installed; pip install faiss-cpu") from None
+                raise SelfSupError("deepcluster.backend=faiss but faiss is not installed; "
+                                   "pip install faiss-cpu") from None
         else:
             data = x.detach().cpu().float().contiguous().numpy()
             km = faiss.Kmeans(data.shape[1], k, niter=iters, seed=seed, verbose=False)
@@ -97,10 +99,9 @@ class DeepCluster(PseudoLabelMethod):
 
     cfg: DeepClusterConfig
 
-    def __init__(self, backbone, cfg: DeepClusterConfig | None = None, augment=None, data=None):
-        cfg = cfg or DeepClusterConfig()
-        n = data.num_samples if data is not None and data.num_samples is not None else 0
-        super().__init__(backbone, cfg, augment, data, (torch.arange(n) % cfg.num_clusters)[None], cfg.num_clusters)
+    def initial_labels(self, data) -> tuple[torch.Tensor, int]:
+        """Until the first clustering (at the first epoch's start): round-robin ids."""
+        return (torch.arange(data.num_samples) % self.cfg.num_clusters)[None], self.cfg.num_clusters
 
     @torch.no_grad()
     def recluster(self, images: torch.Tensor, seed: int) -> None:

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from selfsup.augment import to_input
+from selfsup.augmentation import to_input
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, Method, call_frozen
 from selfsup.methods.registry import register_method
@@ -120,7 +120,8 @@ class ContextEncoder(Method):
         width = cfg.decoder_width
         cin = channels
         while size < input_size:
-            layers += [nn.ConvTranspose2d(cin, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(cin, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
             cin, size = width, size * 2
             width = max(16, width // 2)
         if size != input_size:

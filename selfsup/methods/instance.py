@@ -51,8 +51,8 @@ class InstanceDiscrimination(TransformedCopies):
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         v = F.normalize(self.embed(self.backbone(self.copies(batch))).float(), dim=1)
         n = self.bank.shape[0]
-        negatives = self.draw(lambda: torch.randint(n, (self.cfg.negatives,), generator=batch.generator, device=v.device),
-                              v.device)
+        negatives = self.draw(
+            lambda: torch.randint(n, (self.cfg.negatives,), generator=batch.generator, device=v.device), v.device)
         pos = (v * self.bank[batch.index]).sum(1, keepdim=True)
         logits = torch.cat([pos, v @ self.bank[negatives].T], 1) / self.cfg.temperature
         loss = F.cross_entropy(logits, torch.zeros(len(v), dtype=torch.long, device=v.device))

@@ -21,12 +21,17 @@ class PseudoLabelMethod(Method):
 
     per_sample_state = True
 
-    def __init__(self, backbone, cfg, augment, data, labels: torch.Tensor, num_classes: int):
+    def __init__(self, backbone, cfg=None, augment=None, data=None):
         super().__init__(backbone, cfg, augment, data)
-        self.num_heads, self.num_classes = labels.shape[0], num_classes
-        self.heads = nn.Linear(self.backbone.feature_dim, self.num_heads * num_classes)
+        labels, self.num_classes = self.initial_labels(self.data)
+        self.num_heads = labels.shape[0]
+        self.heads = nn.Linear(self.backbone.feature_dim, self.num_heads * self.num_classes)
         self.register_buffer("labels", labels.long().clone())  # never the caller's tensor: relabelling writes here
         self._register_load_state_dict_pre_hook(_upgrade_state)
+
+    def initial_labels(self, data) -> tuple[torch.Tensor, int]:
+        """The (T, N) labels to start from, and the number of classes K of every head."""
+        raise NotImplementedError
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, K) head logits."""

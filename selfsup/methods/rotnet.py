@@ -36,7 +36,8 @@ def rotate(x: torch.Tensor, label: int, rotations: int) -> torch.Tensor:
     a = math.radians(degrees)
     # affine_grid maps output to input coordinates with y pointing down, so this matrix samples a counter-clockwise
     # turn (the same sense as torch.rot90 on dims (2, 3)).
-    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype, device=x.device)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype,
+                         device=x.device)
     grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 

@@ -59,14 +59,12 @@ class SeLa(PseudoLabelMethod):
 
     cfg: SeLaConfig
 
-    def __init__(self, backbone, cfg: SeLaConfig | None = None, augment=None, data=None):
-        cfg = cfg or SeLaConfig()
-        n = data.num_samples if data is not None and data.num_samples is not None else 0
-        # Until the first label step: a random equal partition (every cluster the same size), different per head.
+    def initial_labels(self, data) -> tuple[torch.Tensor, int]:
+        """Until the first label step: a random equal partition (every cluster the same size), different per head."""
+        n, k = data.num_samples, self.cfg.num_clusters
         g = torch.Generator().manual_seed(0)
-        base = torch.arange(n) % cfg.num_clusters
-        labels = torch.stack([base[torch.randperm(n, generator=g)] for _ in range(cfg.num_heads)])
-        super().__init__(backbone, cfg, augment, data, labels, cfg.num_clusters)
+        base = torch.arange(n) % k
+        return torch.stack([base[torch.randperm(n, generator=g)] for _ in range(self.cfg.num_heads)]), k
 
     @torch.no_grad()
     def relabel(self, images: torch.Tensor) -> None:

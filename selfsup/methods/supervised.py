@@ -46,12 +46,12 @@ class Supervised(PseudoLabelMethod):
     needs_targets = True
     cfg: SupervisedConfig
 
-    def __init__(self, backbone, cfg: SupervisedConfig | None = None, augment=None, data=None):
-        targets = data.targets if data is not None else None
-        if targets is not None and targets.dim() == 1:
-            targets = targets[None]
-        classes = int(targets.max()) + 1 if targets is not None and targets.numel() else 1
-        super().__init__(backbone, cfg, augment, data, targets if targets is not None else torch.zeros(1, 0), classes)
+    def initial_labels(self, data) -> tuple[torch.Tensor, int]:
+        """The given labels (DataInfo.targets, one row per label set)."""
+        targets = data.targets if data.targets.dim() == 2 else data.targets[None]
+        if targets.shape[1] != data.num_samples:
+            raise SelfSupError(f"{targets.shape[1]} labels for {data.num_samples} training samples")
+        return targets, int(targets.max()) + 1 if targets.numel() else 1
 
     @classmethod
     def data_info(cls, cfg, data):

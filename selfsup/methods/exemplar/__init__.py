@@ -16,8 +16,15 @@ import torch.nn.functional as F
 
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, Method, RunInfo
-from selfsup.methods.exemplar.seeds import (ExemplarTransformConfig, Seeds, load_seeds, pixel_pca, sample_seeds,
-                                            save_seeds, transform)
+from selfsup.methods.exemplar.seeds import (
+    ExemplarTransformConfig,
+    Seeds,
+    load_seeds,
+    pixel_pca,
+    sample_seeds,
+    save_seeds,
+    transform,
+)
 from selfsup.methods.registry import register_method
 
 SEEDS = "seeds.npz"  # in the run directory: the seed patches, sampled once and reused on --resume
@@ -29,7 +36,7 @@ class ExemplarConfig:
 
     num_seeds: int = 8000  # surrogate classes; the paper goes up to 32,000
     patch: int = 32
-    image_size: int | None = None  # sources are resized to this before seeds are cut; None: 64, or larger sources as they are
+    image_size: int | None = None  # sources resized to this before seeds are cut; None: 64, or larger sources as is
     samples_per_class: int = 100  # transformed copies of every seed per epoch
     transform: ExemplarTransformConfig = field(default_factory=ExemplarTransformConfig)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from kornia.color import hsv_to_rgb, rgb_to_hsv
 
-from selfsup.augment import GRAY, to_float
+from selfsup.augmentation import GRAY, to_float
 from selfsup.errors import SelfSupError
 
 
@@ -81,7 +81,10 @@ def sample_seeds(images: np.ndarray | torch.Tensor, num_seeds: int, patch: int =
     if patch > image_size:
         raise SelfSupError(f"exemplar.patch ({patch}) cannot be larger than exemplar.image_size ({image_size})")
     g = torch.Generator().manual_seed(seed)
-    picks = torch.randperm(n, generator=g)[:num_seeds] if num_seeds <= n else torch.randint(n, (num_seeds,), generator=g)
+    if num_seeds <= n:
+        picks = torch.randperm(n, generator=g)[:num_seeds]
+    else:
+        picks = torch.randint(n, (num_seeds,), generator=g)
     # Context windows are cut from the image reflected by P/2 on every side, so a patch at the border still has
     # a full 2P x 2P neighbourhood (reflection needs image_size > P/2, which patch <= image_size guarantees).
     pad = patch // 2
@@ -183,9 +186,10 @@ def transform(images: torch.Tensor, cfg: ExemplarTransformConfig, generator: tor
     if not return_params:
         return out
     params = {"angle": torch.rad2deg(angle), "zoom": zoom, "shift": shift / (2 * region), "pca_factors": factors,
-              "sv_power": power.flatten(1), "sv_scale": mult.flatten(1), "sv_shift": add.flatten(1), "hue": turn.flatten()}
+              "sv_power": power.flatten(1), "sv_scale": mult.flatten(1), "sv_shift": add.flatten(1),
+              "hue": turn.flatten()}
     return out, params
 
 
-__all__ = ["ExemplarTransformConfig", "Seeds", "gradient_energy", "sample_seeds", "pixel_pca", "save_seeds", "load_seeds",
-           "transform", "resize_images"]
+__all__ = ["ExemplarTransformConfig", "Seeds", "gradient_energy", "sample_seeds", "pixel_pca", "save_seeds",
+           "load_seeds", "transform", "resize_images"]

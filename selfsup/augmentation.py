@@ -45,7 +45,8 @@ class AugmentConfig:
     hue: float = 0.1  # fraction of a full turn, <= 0.5
     grayscale_p: float = 0.2
     blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in output pixels at 224 px; scaled with size like SimCLR's 10% kernel
+    # in output pixels at 224 px; scaled with size like SimCLR's 10% kernel
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
 
@@ -104,8 +105,10 @@ def _geometry(n: int, cfg: AugmentConfig, src_h: int, src_w: int, g: torch.Gener
     angle = _uniform(n, -cfg.rotation, cfg.rotation, g, device)
     shear = _uniform(n, -cfg.shear, cfg.shear, g, device)
     # Crop centre anywhere the crop fits, plus an optional translation relative to the crop size.
-    cx = (1 - wh[:, 0]) * _uniform(n, -1, 1, g, device) + 2 * wh[:, 0] * _uniform(n, -cfg.translate, cfg.translate, g, device)
-    cy = (1 - wh[:, 1]) * _uniform(n, -1, 1, g, device) + 2 * wh[:, 1] * _uniform(n, -cfg.translate, cfg.translate, g, device)
+    cx = ((1 - wh[:, 0]) * _uniform(n, -1, 1, g, device)
+          + 2 * wh[:, 0] * _uniform(n, -cfg.translate, cfg.translate, g, device))
+    cy = ((1 - wh[:, 1]) * _uniform(n, -1, 1, g, device)
+          + 2 * wh[:, 1] * _uniform(n, -cfg.translate, cfg.translate, g, device))
     # Build the map in source pixel units (so rotation is a true rotation), then normalise by the source size.
     half_w, half_h = wh[:, 0] * src_w / 2, wh[:, 1] * src_h / 2
     a, sh = torch.deg2rad(angle), torch.tan(torch.deg2rad(shear))
@@ -122,7 +125,8 @@ def _geometry(n: int, cfg: AugmentConfig, src_h: int, src_w: int, g: torch.Gener
 
 
 def _warp(src: torch.Tensor, theta: torch.Tensor, crop_px: torch.Tensor, size: int, padding: str) -> torch.Tensor:
-    """Warp float images (B or 1, 3, H, W) by theta into (B,3,size,size), sampling from a mip level near each crop's scale.
+    """Warp float images (B or 1, 3, H, W) by theta into (B,3,size,size), sampling from a mip level near each
+    crop's scale.
 
     Bilinear sampling aliases when a large crop shrinks to a few pixels, so the source is halved with
     average pooling into levels and each sample reads the level closest to (but not below) its output size.
@@ -131,7 +135,8 @@ def _warp(src: torch.Tensor, theta: torch.Tensor, crop_px: torch.Tensor, size: i
     levels = [src]
     while min(levels[-1].shape[-2:]) >= 4 * size:
         levels.append(F.avg_pool2d(levels[-1], 2))
-    level_of = torch.clamp(torch.floor(torch.log2(crop_px / size)), 0, len(levels) - 1).long() if len(levels) > 1 else None
+    level_of = (torch.clamp(torch.floor(torch.log2(crop_px / size)), 0, len(levels) - 1).long()
+                if len(levels) > 1 else None)
     out = torch.empty(n, src.shape[1], size, size, device=src.device, dtype=src.dtype)
     grid = F.affine_grid(theta.to(src.dtype), [n, src.shape[1], size, size], align_corners=False)
     for li, level in enumerate(levels):
@@ -180,7 +185,8 @@ def _color_matrices(n: int, cfg: AugmentConfig, mean_rgb: torch.Tensor, g: torch
         step_m = torch.where((op == 0)[:, None, None], b[:, None, None] * eye,
                  torch.where((op == 1)[:, None, None], c[:, None, None] * eye,
                  torch.where((op == 2)[:, None, None], sat_m, hue_m)))
-        step_b = torch.where((op == 1)[:, None], ((1 - c) * luma)[:, None].expand(n, 3), torch.zeros(n, 3, device=device))
+        step_b = torch.where((op == 1)[:, None], ((1 - c) * luma)[:, None].expand(n, 3),
+                             torch.zeros(n, 3, device=device))
         step_m = torch.where(jitter[:, None, None], step_m, eye)
         step_b = torch.where(jitter[:, None], step_b, torch.zeros_like(step_b))
         m = step_m @ m
@@ -301,7 +307,8 @@ def augment_unit(images: torch.Tensor, cfg: AugmentConfig | None = None, generat
     x = torch.baddbmm(color[:, :, 3:], color[:, :, :3], x.flatten(2)).view_as(x)
     blur_on = torch.rand(count, generator=generator, device=device) < cfg.blur_p
     scale = cfg.size / 224.0  # SimCLR's sigma range is for 224-px images
-    sigma = torch.where(blur_on, _uniform(count, *cfg.blur_sigma, generator, device) * scale, torch.zeros(count, device=device))
+    sigma = torch.where(blur_on, _uniform(count, *cfg.blur_sigma, generator, device) * scale,
+                        torch.zeros(count, device=device))
     if cfg.blur_p > 0:
         x = _blur(x, sigma, cfg.blur_sigma[1] * scale)
     x = x.clamp_(0, 1)
@@ -341,7 +348,8 @@ def synthesize(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Genera
     These play the role of dataset images: a method then draws its own views from each of them, so two
     views of one synthetic image are a positive pair while other synthetic images are negatives.
     """
-    picks = torch.randint(images.shape[0], (n,), generator=generator, device=images.device) if images.shape[0] > 1 else None
+    picks = (torch.randint(images.shape[0], (n,), generator=generator, device=images.device)
+             if images.shape[0] > 1 else None)
     src = images if picks is None else images.index_select(0, picks)
     x = augment_unit(src, cfg, generator, n=n if picks is None else None)
     return x.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
