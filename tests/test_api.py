@@ -202,9 +202,13 @@ def test_imports_key_registers_a_method_from_a_file(tmp_path):
                       "class P(selfsup.Method):\n"
                       "    def training_step(self, batch):\n"
                       "        return {'loss': self.backbone(self.view(batch)).mean()}\n")
-    cfg = selfsup.load_config(overrides={"imports": [str(module)], "method": "plugin_for_test",
-                                         "plugin_for_test": {"scale": 2}})
-    assert cfg.section().scale == 2.0 and yaml.safe_load(yaml.safe_dump(selfsup.config.config_to_dict(cfg)))["imports"]
+    try:
+        cfg = selfsup.load_config(overrides={"imports": [str(module)], "method": "plugin_for_test",
+                                             "plugin_for_test": {"scale": 2}})
+        assert cfg.section().scale == 2.0 and selfsup.config.config_to_dict(cfg)["imports"] == [str(module)]
+    finally:  # the registry is process-wide: later tests (test_ddp runs every registered method) must not see it
+        selfsup.METHODS.pop("plugin_for_test", None)
+        sys.modules.pop("plugin_method_for_test", None)
     with pytest.raises(SelfSupError, match="cannot import 'no_such_module_xyz'"):
         selfsup.load_config(overrides={"imports": ["no_such_module_xyz"]})
 

@@ -26,6 +26,7 @@ from selfsup.methods import METHODS, Batch, DataInfo, EpochContext, build_method
 from selfsup.methods.base import Tape
 
 WORLD, BATCH, N_DATA, SIZE = 3, 12, 30, 16
+NAMES = list(METHODS)  # every method registered on import (the built-ins and test_custom_method's), in every process
 LABELLERS = ("sela", "deepcluster")
 
 OVERRIDES = {
@@ -102,7 +103,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        for name in METHODS:
+        for name in NAMES:
             ref = torch.load(Path(out_dir) / f"{name}.pt", weights_only=False)
             method = _build(name)
             method.tape = Tape([_rows(d, rank) for d in ref["draws"]])
@@ -121,16 +122,16 @@ def ranks_and_reference(tmp_path_factory):
     """Every method's single-process reference and each rank's result, from one spawn of WORLD processes."""
     out = tmp_path_factory.mktemp("ddp")
     refs = {}
-    for name in METHODS:
+    for name in NAMES:
         refs[name] = _reference(name)
         torch.save(refs[name], out / f"{name}.pt")
     mp.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
     ranks = {name: [torch.load(out / f"{name}.rank{r}.pt", weights_only=False) for r in range(WORLD)]
-             for name in METHODS}
+             for name in NAMES}
     return refs, ranks
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", NAMES)
 def test_processes_match_one_process(ranks_and_reference, name):
     refs, ranks = ranks_and_reference
     ref = refs[name]

@@ -83,7 +83,7 @@ def throughput(item: dict, device: torch.device) -> dict:
     method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg.optim)
     if mode == "compiled":  # what `compile: true` does in training: the backbone through torch.compile
-        method.backbone = torch.compile(method.backbone)
+        method.backbone.compile()
     gen = torch.Generator(device=device).manual_seed(0)
     bf16 = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 

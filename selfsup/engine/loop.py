@@ -130,7 +130,8 @@ def open_run(cfg: Config, out: str | Path | None, resume: bool, force: bool, pro
 
 def _record(cfg: Config, method: Method) -> None:
     """Make the run's config say what a given method object is (its section, augmentation, input size, backbone)."""
-    cfg.method = method.name or type(method).__qualname__
+    # A subclass that was not registered itself is not the method it derives from: a config cannot rebuild it.
+    cfg.method = type(method).__dict__.get("name") or type(method).__qualname__
     cfg.method_sections[cfg.method] = method.cfg
     cfg.augment = method.aug
     cfg.model = model_config_of(method.backbone)
@@ -180,7 +181,7 @@ def setup_model(method: Method, run: Run, data: TrainData) -> tuple[torch.nn.Mod
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]
     if cfg.compile:
-        method.backbone = torch.compile(method.backbone)
+        method.backbone.compile()  # in place: the checkpoint keeps the backbone's own key names
     model: torch.nn.Module = method
     if cfg.sync_bn and run.info.enabled:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)

@@ -158,7 +158,7 @@ class Colorization(Method):
 
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         """Rows: the grayscale input (L alone), the colours predicted for it, the true colours."""
-        from selfsup.report import image_rows
+        from selfsup.report import image_rows  # matplotlib is imported only to make a picture
 
         with torch.no_grad(), eval_mode(self):
             rgb = resize(to_float(images), self.data.input_size)
