@@ -74,28 +74,15 @@ def _export(args) -> None:
 
 
 def _config(args) -> None:
-    import yaml
-
-    from selfsup.config import config_keys, config_to_dict, import_modules, load_config
+    from selfsup.config import import_modules, keys_table, resolved_yaml
 
     if args.action == "show":
-        if args.target is None:
-            raise SelfSupError("give a recipe, e.g. selfsup config show recipes/simclr_cifar10.yaml [key=value ...]")
-        recipe, overrides = args.target, args.overrides
-        if "=" in recipe and not Path(recipe).is_file():  # no recipe: defaults and overrides
-            recipe, overrides = None, [recipe, *overrides]
-        cfg = load_config(recipe, overrides)
-        cfg.section()  # an unknown method is an error here, not a silent omission
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        print(resolved_yaml(args.target, args.overrides), end="")
         return
     if args.overrides:
         raise SelfSupError(f"config keys takes at most a method name, got {' '.join(args.overrides)}")
     import_modules([m.strip() for m in (args.imports or "").split(",") if m.strip()])
-    rows = config_keys(args.target)
-    width = max(len(k) for k, _, _ in rows)
-    kinds = max(len(t) for _, t, _ in rows)
-    for key, kind, default in rows:
-        print(f"{key:<{width}}  {kind:<{kinds}}  {json.dumps(default)}")
+    print(keys_table(args.target))
 
 
 def _demo(args) -> None:

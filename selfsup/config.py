@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import json
 import sys
 import types
 import typing
@@ -372,6 +373,25 @@ def config_keys(method: str | None = None) -> list[tuple[str, str, Any]]:
     return rows
 
 
+def keys_table(method: str | None = None) -> str:
+    """`selfsup config keys [METHOD]`: one line per key, with its type and default (as JSON)."""
+    rows = config_keys(method)
+    width, kinds = max(len(k) for k, _, _ in rows), max(len(t) for _, t, _ in rows)
+    return "\n".join(f"{key:<{width}}  {kind:<{kinds}}  {json.dumps(default)}" for key, kind, default in rows)
+
+
+def resolved_yaml(recipe: str | None, overrides: list[str]) -> str:
+    """`selfsup config show RECIPE [key=value ...]`: the resolved config as YAML (a recipe may be left out)."""
+    if recipe is None:
+        raise SelfSupError("give a recipe, e.g. selfsup config show recipes/simclr_cifar10.yaml [key=value ...]")
+    if "=" in recipe and not Path(recipe).is_file():  # no recipe: defaults and overrides
+        recipe, overrides = None, [recipe, *overrides]
+    cfg = load_config(recipe, overrides)
+    cfg.section()  # an unknown method is an error here, not a silently missing section
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 __all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "EvalConfig", "IN_MEMORY", "load_config",
            "apply_overrides", "update_config", "parse_overrides", "read_yaml", "config_to_dict", "save_config",
-           "load_run_config", "upgrade_saved", "config_keys", "section_keys", "import_modules"]
+           "load_run_config", "upgrade_saved", "config_keys", "section_keys", "import_modules", "keys_table",
+           "resolved_yaml"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from selfsup.augmentation import AugmentConfig
-from selfsup.bench import MODES, PerSampleViews, _views_transform, bench
+from selfsup.bench import MODES, bench
+from selfsup.bench.items import PerSampleViews, _views_transform
 from selfsup.errors import SelfSupError
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from selfsup.bench.items import PerSampleViews, _views_transform
 from selfsup.bench.report import write_report
 from selfsup.bench.settings import MODES, cores, settings
 from selfsup.errors import SelfSupError
@@ -133,5 +132,4 @@ def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmark
     return md_path, results
 
 
-__all__ = ["bench", "plan", "device_slug", "settings", "cores", "write_report", "MODES", "PerSampleViews",
-           "_views_transform"]
+__all__ = ["bench", "plan", "device_slug", "settings", "cores", "write_report", "MODES"]

@@ -1,0 +1,397 @@
+"""Typed run configuration: dataclasses, YAML recipes and `key=value` overrides. Nothing is rescaled silently.
+
+A run's config has the common sections (data, model, augment, optim, eval) and one more: the section of its
+method, named after it (`simclr:`, `sela:`, ...) and typed by the dataclass that lives in the method's own
+file. `cfg.section()` is the run's own method section; `cfg.sela` reads the `sela` section by name. Sections
+of other methods may be given (a recipe switched with `method=...`); they are checked, and only the run's own
+is written to its `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.augmentation import AugmentConfig, single_image_recipe
+from selfsup.errors import SelfSupError
+
+IN_MEMORY = "memory"  # data.source of a run given its images as an array (selfsup.fit)
+
+
+@dataclass
+class DataConfig:
+    """What to train on."""
+
+    source: str = "folder:../shared/data/cifar10-jpeg.tar.gz"
+    split: str = "train"
+    root: str | None = None  # where official datasets live (default: the cache folder)
+    size: int | None = None  # resize (shorter side + centre crop) while decoding; None keeps the source size
+    samples_per_epoch: int | None = None  # draw this many indices with replacement per epoch (e.g. one image)
+    download: bool = False
+    imbalance: str | None = None  # light | heavy: keep 100% of class 0 down to 50% / 10% of the last class
+    num_images: int | None = None  # train on a seeded random subset of this many source images (e.g. 1 or 10)
+    # Fewer source images than a batch (e.g. one photograph): every batch is made of new images synthesised
+    # from them by `single_image` augmentation, and the method draws its own views from those. Methods that keep
+    # something per sample (sela, deepcluster, exemplar, ...) get samples_per_epoch images synthesised once instead.
+    synthesize: bool | None = None  # None: on when the source holds fewer images than batch_size
+    single_image: AugmentConfig = field(default_factory=single_image_recipe)
+
+
+@dataclass
+class ModelConfig:
+    """The backbone."""
+
+    backbone: str = "resnet18"
+    cifar_stem: bool = True
+    input_size: int = 32
+    bn: bool = True
+    dropout: float = 0.0  # on the fully connected layer of the Exemplar-CNN nets
+    width: float = 1.0  # channel multiplier of alexnet_small (0.5: a quarter of the compute, for CPU studies)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule: linear warm-up, then cosine to min_lr or steps. lr is used as given (never rescaled)."""
+
+    name: str = "sgd"  # sgd | lars | adam
+    betas: tuple[float, float] = (0.9, 0.999)  # adam
+    lr: float = 0.06
+    schedule: str = "cosine"  # cosine | step (lr times gamma at each of step_epochs)
+    step_epochs: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False  # sgd
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 10.0
+    min_lr: float = 0.0
+    exclude_bias_norm: bool = True  # no weight decay (nor LARS adaptation) on biases and norm layers
+    lars_eta: float = 0.001
+
+
+@dataclass
+class EvalConfig:
+    """kNN monitor and probes: a labelled source with train/test splits."""
+
+    source: str | None = None  # default: the training source when it has labels
+    train_split: str = "train"
+    test_split: str = "test"
+    root: str | None = None
+    size: int | None = None  # decode-time resize of the eval source
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_every: int = 5  # epochs between kNN monitors (0: only at the end)
+    probe_dims: int = 9600  # each tap is average-pooled to about this many dimensions
+    probe_epochs: int = 30
+    probe_lr: float = 1e-3
+    probe_weight_decay: float = 5e-4
+    probe_batch_size: int = 256
+    batch_size: int = 512  # feature extraction
+
+
+@dataclass
+class Config:
+    """One run: the common sections, and the section of its method (see the module docstring)."""
+
+    method: str = "simclr"
+    imports: list[str] = field(default_factory=list)  # modules (or .py files) imported first: your own methods
+    epochs: int = 100
+    batch_size: int = 512  # global, across all processes
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    channels_last: str = "auto"  # auto (= true: faster on CPU and CUDA alike) | true | false
+    compile: bool = False
+    sync_bn: bool = False  # under torchrun on CUDA: batch-norm statistics over the global batch (SyncBatchNorm)
+    log_every: int = 20
+    max_minutes: float | None = None  # stop cleanly after the epoch that crosses this wall-clock budget
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # Method sections by method name, made on first use; not a key of its own (recipes write `simclr: {...}`).
+    method_sections: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def section(self, name: str | None = None) -> Any:
+        """The config section of method `name` (default: this run's method), with its defaults until set."""
+        name = name or self.method
+        if name not in self.method_sections:
+            from selfsup.methods.registry import get_method
+
+            self.method_sections[name] = get_method(name).config_class()
+        return self.method_sections[name]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: `cfg.sela` is the sela section.
+        if name.startswith("_") or name == "method_sections":
+            raise AttributeError(name)
+        from selfsup.methods.registry import find_method
+
+        if find_method(name) is None:
+            raise AttributeError(f"'Config' object has no attribute {name!r}")
+        return self.section(name)
+
+
+def _coerce(value, tp, where: str):
+    """Check/convert a YAML value to the dataclass field's type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except SelfSupError:
+                continue
+        raise SelfSupError(f"{where}: {value!r} is not a valid {tp}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise SelfSupError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], where) for v in value]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(tp)):
+            raise SelfSupError(f"{where}: expected a list of {len(typing.get_args(tp))} numbers, got {value!r}")
+        return tuple(_coerce(v, t, where) for v, t in zip(value, typing.get_args(tp)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise SelfSupError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SelfSupError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise SelfSupError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float, bool)):
+            return str(value).lower() if isinstance(value, bool) else str(value)
+        raise SelfSupError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _fields(obj) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(obj) if f.name != "method_sections"]
+
+
+def _merge_section(obj, updates, path: str):
+    if not isinstance(updates, dict):
+        first = next(iter(f.name for f in _fields(obj)), "key")
+        raise SelfSupError(f"{path} is a section; set its keys, e.g. {path}.{first}=...")
+    return _merge(obj, updates, path + ".")
+
+
+def _merge(obj, updates: dict, where: str = ""):
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in _fields(obj)}
+    if isinstance(obj, Config):
+        # Imports first (they may register the method), then the method, then everything else.
+        updates = dict(updates)
+        if "imports" in updates:
+            obj.imports = _coerce(updates.pop("imports"), hints["imports"], "imports")
+            import_modules(obj.imports)
+        if "method" in updates:
+            obj.method = _coerce(updates.pop("method"), hints["method"], "method")
+    for key, value in updates.items():
+        path = f"{where}{key}"
+        if key not in names:
+            if isinstance(obj, Config) and _is_method(key):
+                _merge_section(obj.section(key), value, path)
+                continue
+            valid = sorted(names - {"imports"} if isinstance(obj, Config) else names)
+            hint = "; a method's own keys go in its section, e.g. simclr.temperature" if isinstance(obj, Config) else ""
+            raise SelfSupError(f"unknown config key {path!r}; valid keys here: {', '.join(valid)}{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge_section(current, value, path)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+    return obj
+
+
+def _is_method(name: str) -> bool:
+    from selfsup.methods.registry import find_method
+
+    return find_method(name) is not None
+
+
+def import_modules(names: list[str]) -> None:
+    """Import each module (a dotted name, or a path to a .py file): where methods outside selfsup register."""
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                path = Path(name).expanduser().resolve()
+                if not path.is_file():
+                    raise SelfSupError(f"imports: {name} does not exist")
+                if path.stem in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except SelfSupError:
+            raise
+        except Exception as e:  # noqa: BLE001 — whatever the module raised, the user needs one line naming it
+            raise SelfSupError(f"imports: cannot import {name!r}: {type(e).__name__}: {e}") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['a.b=1', 'c=x'] -> {'a': {'b': 1}, 'c': 'x'}; values are parsed as YAML."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SelfSupError(f"override {pair!r} must look like key=value (e.g. epochs=50 or optim.lr=0.3)")
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
+    """Apply `key=value` overrides to an existing config (e.g. one loaded from a run)."""
+    return _merge(cfg, parse_overrides(pairs))
+
+
+def read_yaml(path: str | Path, what: str = "recipe", example: str = "recipes/simclr_cifar10.yaml") -> dict:
+    """A YAML file that must hold a mapping; a missing file or bad YAML is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfSupError(f"{what} {path} does not exist; give a YAML file such as {example}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SelfSupError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SelfSupError(f"{what} {path} must be a mapping of keys")
+    return data
+
+
+def update_config(cfg: Config, updates: dict) -> Config:
+    """Merge a nested dict of config keys into cfg (checked and coerced like a recipe)."""
+    return _merge(cfg, updates)
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults, then the recipe YAML, then the overrides."""
+    cfg = Config()
+    if recipe is not None:
+        _merge(cfg, read_yaml(recipe, "recipe", "recipes/simclr_cifar10.yaml"))
+    if overrides:
+        _merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return cfg
+
+
+def upgrade_saved(saved: dict) -> dict:
+    """A run config written by an earlier selfsup (every method's section, labels_file under data) in today's form."""
+    saved = {**saved, "data": dict(saved.get("data") or {})}
+    labels_file = saved["data"].pop("labels_file", None)
+    if labels_file is not None:
+        saved["supervised"] = {**saved.get("supervised", {}), "labels_file": labels_file}
+    if saved.get("method") == "instance" and "transform" in saved.get("exemplar", {}):
+        saved["instance"] = {**saved.get("instance", {}), "transform": saved["exemplar"]["transform"]}
+    return saved
+
+
+def load_run_config(saved: dict | str | Path) -> Config:
+    """The config of a run: its config.yaml (a path) or the dict saved in its checkpoint."""
+    data = read_yaml(saved, "run config") if isinstance(saved, (str, Path)) else saved
+    return load_config(overrides=upgrade_saved(data))
+
+
+def _plain(x):
+    if dataclasses.is_dataclass(x):
+        return {f.name: _plain(getattr(x, f.name)) for f in _fields(x)}
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain dict (tuples as lists) for YAML/JSON, with the run's own method section only."""
+    out = _plain(cfg)
+    section = cfg.method_sections.get(cfg.method)
+    if section is None and _is_method(cfg.method):
+        section = cfg.section()
+    if section is not None:
+        out[cfg.method] = _plain(section)
+    return out
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _type_name(tp) -> str:
+    text = str(tp) if typing.get_origin(tp) else getattr(tp, "__name__", str(tp))
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def section_keys(obj, prefix: str) -> list[tuple[str, str, Any]]:
+    """(key, type, default) of every leaf key of a config section, nested sections flattened with dots."""
+    hints = typing.get_type_hints(type(obj))
+    rows = []
+    for f in _fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += section_keys(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", _type_name(hints[f.name]), _plain(value)))
+    return rows
+
+
+def config_keys(method: str | None = None) -> list[tuple[str, str, Any]]:
+    """Every config key with its type and default: the common ones, then each method's section (or just `method`'s)."""
+    from selfsup.methods.registry import METHODS, get_method
+
+    rows = section_keys(Config(), "")
+    for name in [method] if method else list(METHODS):
+        rows += section_keys(get_method(name).config_class(), f"{name}.")
+    return rows
+
+
+def keys_table(method: str | None = None) -> str:
+    """`selfsup config keys [METHOD]`: one line per key, with its type and default (as JSON)."""
+    rows = config_keys(method)
+    width, kinds = max(len(k) for k, _, _ in rows), max(len(t) for _, t, _ in rows)
+    return "\n".join(f"{key:<{width}}  {kind:<{kinds}}  {json.dumps(default)}" for key, kind, default in rows)
+
+
+def resolved_yaml(recipe: str | None, overrides: list[str]) -> str:
+    """`selfsup config show RECIPE [key=value ...]`: the resolved config as YAML (a recipe may be left out)."""
+    if recipe is None:
+        raise SelfSupError("give a recipe, e.g. selfsup config show recipes/simclr_cifar10.yaml [key=value ...]")
+    if "=" in recipe and not Path(recipe).is_file():  # no recipe: defaults and overrides
+        recipe, overrides = None, [recipe, *overrides]
+    cfg = load_config(recipe, overrides)
+    cfg.section()  # an unknown method is an error here, not a silently missing section
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "EvalConfig", "IN_MEMORY", "load_config",
+           "apply_overrides", "update_config", "parse_overrides", "read_yaml", "config_to_dict", "save_config",
+           "load_run_config", "upgrade_saved", "config_keys", "section_keys", "import_modules", "keys_table",
+           "resolved_yaml"]

@@ -1,0 +1,387 @@
+"""`selfsup.fit`: the one training loop for every method, single process or DDP under torchrun.
+
+Data flows one way: dataset indices -> uint8 batch on the device -> method.training_step (augment, backbone,
+head, loss) -> optimizer. The whole training split lives on the device as uint8, so there are no DataLoader
+workers. Randomness is re-seeded from (seed, epoch, rank) at every epoch start, which is what makes a resumed
+run continue exactly.
+
+The loop in named steps: open the run (checks, processes, the run directory), prepare the data and the method,
+set up the model (device, memory format, optimizer, resumed state, DDP), then per epoch `train_one_epoch` and
+`end_of_epoch` (kNN monitor, checkpoint, metrics, time budget), and `finish` (the run's picture).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from selfsup.augmentation import synthesize
+from selfsup.config import Config, config_to_dict, load_run_config, save_config
+from selfsup.distributed import DistInfo, init_distributed
+from selfsup.engine.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    append_metrics,
+    check_run_dir,
+    create_run_dir,
+    load_checkpoint,
+    save_atomic,
+)
+from selfsup.engine.data import source_images, training_data
+from selfsup.engine.optim import Schedule, build_optimizer
+from selfsup.errors import SelfSupError, warn
+from selfsup.eval import eval_splits, run_knn
+from selfsup.methods.base import Batch, EpochContext, Method, RunInfo
+from selfsup.methods.registry import build_method, get_method
+from selfsup.nets import model_config_of
+
+
+@dataclass
+class Run:
+    """Where and how a run trains: its config, directory (None: nothing written), processes and options."""
+
+    cfg: Config
+    out: Path | None
+    info: DistInfo
+    resume: bool
+    progress: bool
+    writer: object | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's files (rank 0 of a run with a directory)."""
+        return self.info.is_main and self.out is not None
+
+    @property
+    def bf16(self) -> bool:
+        p = self.cfg.precision
+        return p == "bf16" or (p == "auto" and self.device.type == "cuda")
+
+
+@dataclass
+class TrainData:
+    """The training images on the device and how an epoch walks them."""
+
+    images: torch.Tensor  # uint8 (N,H,W,3)
+    synthesize: bool  # every batch made afresh from `images` by the single-image augmentation
+    resample: bool  # indices drawn with replacement (samples_per_epoch of them)
+    per_epoch: int
+    steps_per_epoch: int
+
+    def batch(self, cfg: Config, order: torch.Tensor, step: int, generator: torch.Generator, info: DistInfo) -> Batch:
+        """This process's slice of the step's global batch."""
+        local = cfg.batch_size // info.world_size
+        start = step * cfg.batch_size + info.rank * local
+        idx = order[start:start + local]
+        if self.synthesize:
+            return Batch(synthesize(self.images, cfg.data.single_image, generator, local), idx, generator)
+        return Batch(self.images.index_select(0, idx), idx, generator)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 9_973 + rank * 7_919) % (2**63)
+
+
+def unwrap(model: torch.nn.Module) -> Method:
+    """The method inside a DistributedDataParallel wrapper (or the method itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# ------------------------------------------------------------------------------------------------ open the run
+
+
+def open_run(cfg: Config, out: str | Path | None, resume: bool, force: bool, progress: bool) -> Run:
+    """Check the config and the run directory (nothing is written yet) and join the processes under torchrun."""
+    out = Path(out) if out is not None else None
+    if cfg.epochs < 1:
+        raise SelfSupError(f"epochs must be at least 1, got {cfg.epochs}")
+    if resume and out is None:
+        raise SelfSupError("resume needs the run directory (out=...) to continue from")
+    Schedule(cfg.optim, cfg.epochs, 1)  # checks optim.schedule
+    info = init_distributed(cfg.device)
+    if cfg.batch_size % info.world_size:
+        raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
+    if cfg.sync_bn and info.device.type != "cuda":
+        raise SelfSupError("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); unset it for gloo runs")
+    if out is not None:
+        check_run_dir(out, resume, force)  # every process checks, so all raise the same error
+    if not resume and cfg.optim.warmup_epochs >= cfg.epochs:
+        warn(f"optim.warmup_epochs ({cfg.optim.warmup_epochs:g}) >= epochs ({cfg.epochs}): the whole run warms up and "
+             f"never reaches optim.lr; lower optim.warmup_epochs")
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return Run(cfg, out, info, resume, progress and info.is_main)
+
+
+# ---------------------------------------------------------------------------------- prepare the data and method
+
+
+def _record(cfg: Config, method: Method) -> None:
+    """Make the run's config say what a given method object is (its section, augmentation, input size, backbone)."""
+    # A subclass that was not registered itself is not the method it derives from: a config cannot rebuild it.
+    cfg.method = type(method).__dict__.get("name") or type(method).__qualname__
+    cfg.method_sections[cfg.method] = method.cfg
+    cfg.augment = method.aug
+    cfg.model = model_config_of(method.backbone)
+    cfg.model.input_size = method.data.input_size
+
+
+def prepare(method: Method | None, data, run: Run) -> tuple[Method, TrainData]:
+    """The method (built from the config unless given) and its training data on the device; creates the run
+    directory once every check has passed."""
+    cfg = run.cfg
+    arr = source_images(cfg, data)
+    cls = type(method) if method is not None else get_method(cfg.method)
+    arr, synth = training_data(cfg, arr, cls.per_sample_state)
+    if method is None:
+        torch.manual_seed(cfg.seed)  # the run's initialisation (load_run(random_init=True) rebuilds it)
+        method = build_method(cfg, cls.data_info(cfg, arr))
+    else:
+        _record(cfg, method)
+    if run.writes:
+        create_run_dir(run.out, run.resume)
+    if run.info.enabled:
+        dist.barrier()
+    arr = method.prepare_data(arr, RunInfo(run.out, run.resume, run.info.is_main, cfg.seed))
+    images = torch.from_numpy(np.array(arr.images)).to(run.device)  # read the memory map into (device) memory once
+    resample = bool(cfg.data.samples_per_epoch) and not cls.per_sample_state  # draw with replacement
+    per_epoch = cfg.data.samples_per_epoch if resample else len(arr) * method.passes_per_epoch
+    steps = per_epoch // cfg.batch_size
+    if steps == 0:
+        raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or "
+                           "set data.samples_per_epoch")
+    return method.to(run.device), TrainData(images, synth, resample, per_epoch, steps)
+
+
+def setup_model(method: Method, run: Run, data: TrainData) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+    """The model to step (DDP-wrapped under torchrun), its optimizer, and the first epoch (after a resumed one)."""
+    cfg = run.cfg
+    if not run.resume:
+        method.on_train_start(data.images)
+    method.channels_last = cfg.channels_last in ("auto", "true")  # measured faster for every backbone on CPU too
+    if method.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method, cfg.optim)
+    start_epoch = 0
+    if run.resume:
+        ckpt = load_checkpoint(run.out)
+        method.load_state_dict(ckpt["method"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch = ckpt["epoch"]
+    if cfg.compile:
+        method.backbone.compile()  # in place: the checkpoint keeps the backbone's own key names
+    model: torch.nn.Module = method
+    if cfg.sync_bn and run.info.enabled:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if run.info.enabled:
+        # No buffer broadcast: per-sample buffers (labels, memory bank) are kept equal on every rank by the methods
+        # themselves, and sending them from rank 0 on every step would cost a bank-sized copy per step.
+        cuda = run.device.type == "cuda"
+        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[run.device.index] if cuda else None,
+                                                          broadcast_buffers=False)
+    return model, optimizer, start_epoch
+
+
+def start_logs(run: Run) -> None:
+    """The resolved config.yaml and the TensorBoard writer (rank 0 of a run with a directory)."""
+    if not run.writes:
+        return
+    save_config(run.cfg, run.out / CONFIG)
+    from torch.utils.tensorboard import SummaryWriter
+
+    run.writer = SummaryWriter(str(run.out / "tb"))
+
+
+# ---------------------------------------------------------------------------------------------------- an epoch
+
+
+def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, data: TrainData,
+                    run: Run, epoch: int) -> dict:
+    """One epoch of training steps; returns the epoch's metrics (mean loss over all processes, lr, speed)."""
+    cfg, device, info = run.cfg, run.device, run.info
+    method = unwrap(model)
+    model.train()
+    method.on_epoch_start(EpochContext(epoch, cfg.epochs, data.images, device, optimizer, cfg.seed))
+    order_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    order = method.epoch_order(data.per_epoch, order_gen)
+    if order is None:
+        n = len(data.images)
+        order = (torch.randint(n, (data.per_epoch,), generator=order_gen) if data.resample
+                 else torch.cat([torch.randperm(n, generator=order_gen) for _ in range(data.per_epoch // n)]))
+    order = order.to(device)
+    aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # dropout masks: the same on resume as in one go
+    loss_sum = torch.zeros((), device=device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    t0 = time.time()
+    steps = data.steps_per_epoch
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress, leave=False,
+               dynamic_ncols=True)
+    for step in range(steps):
+        gstep = epoch * steps + step
+        lr = schedule.apply(optimizer, gstep)
+        batch = data.batch(cfg, order, step, aug_gen, info)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16):
+            outputs = model(batch)
+        loss = outputs["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.on_step_end(gstep, schedule.total)
+        detached = loss.detach().float()
+        loss_sum += detached
+        bad |= ~torch.isfinite(detached)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            if info.enabled:  # every rank must stop together, whichever saw the NaN
+                flag = bad.float()
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                bad = flag.bool()
+            if bad.item():
+                kept = (f"the last good checkpoint (epoch {epoch}) is kept in {run.out}" if run.out
+                        else "nothing was saved")
+                raise SelfSupError(f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, and "
+                                   f"{kept} — lower optim.lr or check the data")
+            if run.writer:
+                for key, value in outputs.items():
+                    run.writer.add_scalar(f"train/{key}", float(value.detach()), gstep)
+                run.writer.add_scalar("train/lr", lr, gstep)
+            bar.set_postfix(loss=f"{detached.item():.4f}", lr=f"{lr:.3g}")
+        bar.update(1)
+    bar.close()
+    if info.enabled:
+        dist.all_reduce(loss_sum)
+        loss_sum /= info.world_size
+    seconds = time.time() - t0
+    return {"epoch": epoch + 1, "loss": loss_sum.item() / steps, "lr": lr, "epoch_seconds": round(seconds, 3),
+            "images_per_second": round(steps * cfg.batch_size / seconds, 1)}
+
+
+def end_of_epoch(method: Method, optimizer: torch.optim.Optimizer, run: Run, metrics: dict, splits) -> bool:
+    """kNN monitor, checkpoint and metrics line after an epoch; True when the time budget says stop here."""
+    cfg, epoch = run.cfg, metrics["epoch"]
+    budget_hit = cfg.max_minutes is not None and (time.time() - run.started) / 60 >= cfg.max_minutes
+    if run.info.enabled:  # rank 0's clock decides, so all ranks stop after the same epoch
+        flag = torch.tensor(float(budget_hit), device=run.device)
+        dist.broadcast(flag, 0)
+        budget_hit = bool(flag.item())
+    final = epoch == cfg.epochs or budget_hit
+    if run.info.is_main and splits and ((cfg.eval.knn_every and epoch % cfg.eval.knn_every == 0) or final):
+        metrics["knn_top1"] = round(run_knn(method.backbone, cfg, run.device, splits, method.input_transform), 2)
+    if run.writes:
+        save_atomic({"epoch": epoch, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                     "config": config_to_dict(cfg)}, run.out / CHECKPOINT)
+        append_metrics(run.out, metrics)
+        for key, value in metrics.items():
+            if key != "epoch":
+                run.writer.add_scalar(f"epoch/{key}", value, epoch)
+        run.writer.flush()
+    if run.progress:
+        tqdm.write(" ".join(f"{k}={v}" for k, v in metrics.items()))
+    if run.info.enabled:
+        dist.barrier()
+    stop = budget_hit and epoch < cfg.epochs
+    if stop and run.progress:
+        tqdm.write(f"stopping after epoch {epoch}: max_minutes={cfg.max_minutes} reached (resume with --resume)")
+    return stop
+
+
+def finish(method: Method, run: Run, data: TrainData) -> None:
+    """The run's picture of what the method learnt to do (samples.png), on its first few training images."""
+    if run.writes:
+        gen = torch.Generator(device=run.device).manual_seed(run.cfg.seed)
+        shown = synthesize(data.images, run.cfg.data.single_image, gen, 8) if data.synthesize else data.images[:8]
+        grid = method.sample_grid(shown, gen)
+        if grid is not None:
+            from PIL import Image
+
+            Image.fromarray(grid).save(run.out / "samples.png")
+    if run.writer:
+        run.writer.close()
+
+
+# ------------------------------------------------------------------------------------------------------- fit
+
+
+def fit(method: Method | None = None, data=None, cfg: Config | None = None, out: str | Path | None = None, *,
+        resume: bool = False, force: bool = False, progress: bool = True, eval_data=None) -> Method:
+    """Train a method: the loop the command line's `pretrain` runs, for Python.
+
+    Args:
+        method: a Method (e.g. SimCLR(wrap(torchvision.models.resnet18()))), or None to build cfg.method.
+        data: uint8 images (N,H,W,3) or (N,3,H,W) as a tensor or array, an ImageArray, a source spec such as
+            "digits" or "folder:PATH", or None for cfg.data.source.
+        cfg: the run's config (epochs, batch size, optim, eval ...; default Config()). Not modified.
+        out: the run directory (config.yaml, checkpoint.pt, metrics.jsonl, tb/); None writes nothing.
+        resume: continue the run in `out` from its last checkpoint, exactly (give the same method and data).
+        force: replace an existing run in `out`.
+        progress: show progress bars and a line per epoch.
+        eval_data: (train, test) labelled ImageArrays for the kNN monitor (default: eval.source, or the training
+            source when it has labelled splits).
+
+    Returns:
+        The trained method (unwrapped from DDP), with `run_config` (the resolved config) and `last_metrics` set.
+
+    Example:
+        >>> method = selfsup.SimCLR(selfsup.wrap(torchvision.models.resnet18(), input_size=32))
+        >>> selfsup.fit(method, images, selfsup.load_config(overrides={"epochs": 10}), out="runs/mine")
+    """
+    if cfg is None:
+        cfg = load_run_config(Path(out) / CONFIG) if resume and out is not None else Config()
+    cfg = copy.deepcopy(cfg)
+    run = open_run(cfg, out, resume, force, progress)
+    method, train = prepare(method, data, run)
+    model, optimizer, start_epoch = setup_model(method, run, train)
+    method = unwrap(model)
+    schedule = Schedule(cfg.optim, cfg.epochs, train.steps_per_epoch)
+    # An eval source the user named must load; the training source is only used when it has labelled splits.
+    splits = eval_data or eval_splits(cfg, required=cfg.eval.source is not None)
+    start_logs(run)
+    method.run_config, method.last_metrics = cfg, {}
+    run.started = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        method.last_metrics = train_one_epoch(model, optimizer, schedule, train, run, epoch)
+        if end_of_epoch(method, optimizer, run, method.last_metrics, splits):
+            break
+    finish(method, run, train)
+    return method
+
+
+def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Pretrain cfg.method on cfg.data into run directory `out` (selfsup pretrain); returns the last epoch's metrics."""
+    return fit(None, None, cfg, out, resume=resume, force=force, progress=progress).last_metrics
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", random_init: bool = False,
+             method: Method | None = None) -> Method:
+    """A run's method, rebuilt from its checkpoint, in eval mode, with `run_config` set (for evaluation and export).
+
+    With random_init, the same architecture at the initialisation the run started from (a baseline). A run whose
+    method or backbone a config cannot rebuild (a module given to fit) needs it built again and passed as `method`.
+    """
+    ckpt = load_checkpoint(Path(run_dir))
+    cfg = load_run_config(ckpt["config"])
+    state = ckpt["method"]
+    if method is None:
+        cls = get_method(cfg.method)
+        torch.manual_seed(cfg.seed)  # as fit does before building the method: random_init is the run's own start
+        method = build_method(cfg, cls.state_info(state, cfg))
+    if not random_init:
+        method.load_state_dict(state)
+    method.run_config = cfg
+    return method.to(device).eval()
+
+
+__all__ = ["fit", "pretrain", "load_run", "train_one_epoch", "end_of_epoch", "open_run", "prepare", "setup_model",
+           "finish", "Run", "TrainData", "unwrap"]

@@ -1,0 +1,106 @@
+"""Evaluation protocols on a frozen backbone: weighted kNN and per-layer linear probes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selfsup.augmentation import normalize
+from selfsup.config import IN_MEMORY, Config
+from selfsup.data import ImageArray, load_source
+from selfsup.errors import SelfSupError
+from selfsup.eval.features import Transform, extract_features, extract_taps, probe_pool
+from selfsup.eval.knn import knn_accuracy, knn_predict
+from selfsup.eval.linear import train_linear_probes
+from selfsup.nets import Backbone
+
+
+def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageArray] | None:
+    """The labelled (train, test) splits evaluation uses: eval.source, else the training source."""
+    source = cfg.eval.source or cfg.data.source
+    if source.startswith("image:") or source == IN_MEMORY:
+        if required:
+            what = "images given to selfsup.fit have" if source == IN_MEMORY else f"{source} has"
+            raise SelfSupError(f"{what} no labelled splits to evaluate on; set eval.source (e.g. eval.source=digits)")
+        return None
+    # Evaluating on the training source: decode it at the same size as for training unless told otherwise.
+    size = cfg.eval.size if cfg.eval.source else (cfg.eval.size or cfg.data.size)
+    try:
+        train = load_source(source, cfg.eval.train_split, cfg.eval.root or cfg.data.root, cfg.data.download, size)
+        test = load_source(source, cfg.eval.test_split, cfg.eval.root or cfg.data.root, cfg.data.download, size)
+    except SelfSupError:
+        if required:
+            raise
+        return None
+    for part in (train, test):
+        if part.labels is None or (part.labels < 0).all():
+            if required:
+                raise SelfSupError(f"{source} split has no labels; "
+                                   "set eval.source to a labelled source (e.g. eval.source=digits)")
+            return None
+    return train, test
+
+
+def run_knn(backbone: Backbone, cfg: Config, device: torch.device, splits: tuple[ImageArray, ImageArray] | None = None,
+            transform: Transform = normalize) -> float:
+    """Weighted kNN top-1 (percent) on the eval test split, the train split as the memory bank."""
+    train, test = splits or eval_splits(cfg)
+    size = cfg.model.input_size
+    bank = extract_features(backbone, train.images, size, device, cfg.eval.batch_size, transform)
+    queries = extract_features(backbone, test.images, size, device, cfg.eval.batch_size, transform)
+    keep = torch.from_numpy(train.labels >= 0)
+    return knn_accuracy(bank[keep.to(bank.device)], torch.from_numpy(train.labels)[keep], queries,
+                        torch.from_numpy(test.labels), max(train.num_classes, int(train.labels.max()) + 1),
+                        cfg.eval.knn_k, cfg.eval.knn_t)
+
+
+@dataclass
+class TapFeatures:
+    """Pooled tap features of a labelled train/test pair, extracted once and shared by the per-layer protocols."""
+
+    train: dict[str, torch.Tensor]
+    test: dict[str, torch.Tensor]
+    train_labels: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+
+
+def tap_features(backbone: Backbone, cfg: Config, device: torch.device, layers: list[str] | None = None,
+                 splits: tuple[ImageArray, ImageArray] | None = None, transform: Transform = normalize) -> TapFeatures:
+    """Every requested tap (all when None), average-pooled to ~eval.probe_dims, for the eval train and test splits."""
+    train, test = splits or eval_splits(cfg)
+    layers = layers or list(backbone.taps)
+    size, e = cfg.model.input_size, cfg.eval
+    return TapFeatures(extract_taps(backbone, train.images, size, device, layers, e.probe_dims, e.batch_size,
+                                    transform=transform),
+                       extract_taps(backbone, test.images, size, device, layers, e.probe_dims, e.batch_size,
+                                    transform=transform),
+                       torch.from_numpy(train.labels), torch.from_numpy(test.labels),
+                       max(train.num_classes, int(train.labels.max()) + 1))
+
+
+def linear_probes(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Top-1 (percent) of a linear probe per tap."""
+    e = cfg.eval
+    return train_linear_probes(feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
+                               e.probe_epochs, e.probe_lr, e.probe_weight_decay, e.probe_batch_size, device, cfg.seed)
+
+
+def layer_knn(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Top-1 (percent) of weighted kNN (eval.knn_k, eval.knn_t) on each tap's pooled features."""
+    return {name: knn_accuracy(feats.train[name].to(device).float(), feats.train_labels,
+                               feats.test[name].to(device).float(), feats.test_labels, feats.num_classes,
+                               cfg.eval.knn_k, cfg.eval.knn_t)
+            for name in feats.train}
+
+
+def run_linear(backbone: Backbone, cfg: Config, device: torch.device, layers: list[str] | None = None,
+               splits: tuple[ImageArray, ImageArray] | None = None,
+               transform: Transform = normalize) -> dict[str, float]:
+    """Top-1 (percent) of a linear probe on every requested tap (all when None)."""
+    return linear_probes(tap_features(backbone, cfg, device, layers, splits, transform), cfg, device)
+
+
+__all__ = ["eval_splits", "run_knn", "run_linear", "tap_features", "linear_probes", "layer_knn", "TapFeatures",
+           "extract_features", "extract_taps", "probe_pool", "knn_accuracy", "knn_predict", "train_linear_probes"]

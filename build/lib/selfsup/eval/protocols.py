@@ -1,0 +1,196 @@
+"""Evaluation entry points: kNN and linear probes on a method or backbone, and `evaluate_run` (what `selfsup eval`
+runs: a protocol on a run's frozen backbone, its result appended to the run's eval.jsonl)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfsup.augmentation import normalize
+from selfsup.config import EvalConfig, apply_overrides, load_config
+from selfsup.data import ImageArray
+from selfsup.errors import SelfSupError
+from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
+from selfsup.nets import Backbone
+
+PROTOCOLS = ("knn", "linear", "nonlinear", "quadrant")
+
+
+def _parts(model, input_size: int | None):
+    """(backbone, input transform, input size) of a Method or a Backbone."""
+    from selfsup.methods.base import Method
+
+    if isinstance(model, Method):
+        return model.backbone, model.input_transform, input_size or model.data.input_size
+    if isinstance(model, Backbone):
+        if input_size is None:
+            raise SelfSupError("give input_size (the side of the images the backbone sees) with a bare backbone")
+        return model, normalize, input_size
+    raise SelfSupError(f"expected a selfsup Method or Backbone, got {type(model).__name__}")
+
+
+def _config(input_size: int, **eval_keys):
+    cfg = load_config()
+    cfg.model.input_size = input_size
+    cfg.eval = dataclasses.replace(EvalConfig(), **eval_keys)
+    return cfg
+
+
+def knn(model, train: ImageArray, test: ImageArray, k: int = 200, temperature: float = 0.1,
+        input_size: int | None = None, device: str | torch.device | None = None, batch_size: int = 512) -> float:
+    """Weighted kNN top-1 (percent) of `model`'s frozen features: `test` classified by its k nearest `train` images.
+
+    Args:
+        model: a Method (its backbone, input transform and input size are used) or a Backbone (give input_size).
+        train, test: labelled ImageArrays (e.g. selfsup.load_source("digits", "train")).
+        k, temperature: neighbours and the temperature of their exp(similarity / T) votes.
+        device: where features are computed (default: the model's).
+
+    Example:
+        >>> selfsup.knn(method, selfsup.load_source("digits", "train"), selfsup.load_source("digits", "test"), k=20)
+    """
+    backbone, transform, size = _parts(model, input_size)
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    cfg = _config(size, knn_k=k, knn_t=temperature, batch_size=batch_size)
+    return run_knn(backbone, cfg, device, (train, test), transform)
+
+
+def linear_probe(model, train: ImageArray, test: ImageArray, layers: list[str] | None = None,
+                 input_size: int | None = None, device: str | torch.device | None = None, probe_dims: int = 9600,
+                 epochs: int = 30, lr: float = 1e-3, weight_decay: float = 5e-4, batch_size: int = 256,
+                 seed: int = 0) -> dict[str, float]:
+    """Top-1 (percent) of a linear probe on each of `model`'s layers (all taps when None), over cached features:
+    each tap average-pooled to about probe_dims numbers, standardised, AdamW with a cosine schedule."""
+    backbone, transform, size = _parts(model, input_size)
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    cfg = _config(size, probe_dims=probe_dims, probe_epochs=epochs, probe_lr=lr, probe_weight_decay=weight_decay,
+                  probe_batch_size=batch_size)
+    cfg.seed = seed
+    return linear_probes(tap_features(backbone, cfg, device, layers, (train, test), transform), cfg, device)
+
+
+def _probe_history(run: Path, model_name: str, accs: dict[str, float]) -> dict[str, dict[str, float]]:
+    """This probe result beside the run's earlier ones on the same layers (so the report shows both models)."""
+    results: dict[str, dict[str, float]] = {}
+    log = run / "eval.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("protocol") == "linear" and list(entry["linear_top1"]) == list(accs):
+                results[entry.get("model", "pretrained")] = entry["linear_top1"]
+    results[model_name] = accs
+    return results
+
+
+def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | None = None,
+                 layers: list[str] | None = None, device: str = "auto", random_init: bool = False, size: int = 64,
+                 classifier: str = "probe", head: str = "mlp", epochs: int | None = None) -> dict:
+    """Evaluate a run's frozen backbone with one protocol; the result is appended to RUN/eval.jsonl and returned.
+
+    Args:
+        run: a pretraining run directory.
+        protocol: knn | linear (every tap, or `layers`; also writes report.md and probes.png) | nonlinear (RotNet's
+            classifiers, `head` mlp or conv, `epochs`) | quadrant (Exemplar-CNN's, at `size` px, `classifier`).
+        overrides: key=value overrides of the run's config (e.g. eval.knn_k=20, eval.source=digits).
+        random_init: the run's architecture at its initialisation instead (a baseline).
+    """
+    from selfsup.distributed import pick_device
+    from selfsup.engine import load_run
+    from selfsup.report import write_probe_report
+
+    if protocol not in PROTOCOLS:
+        raise SelfSupError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    run = Path(run)
+    dev = pick_device(device)
+    method = load_run(run, dev, random_init=random_init)
+    cfg = apply_overrides(method.run_config, overrides or [])
+    backbone, transform = method.backbone, method.input_transform
+    model_name = "random init" if random_init else "pretrained"
+    splits = eval_splits(cfg)
+    if protocol == "knn":
+        top1 = run_knn(backbone, cfg, dev, splits, transform)
+        result = {"model": model_name, "knn_top1": round(top1, 2), "k": cfg.eval.knn_k, "t": cfg.eval.knn_t}
+    elif protocol == "quadrant":
+        from selfsup.data.sources import stl10_folds
+        from selfsup.eval.quadrant import run_quadrant
+
+        source = cfg.eval.source or cfg.data.source
+        # STL-10's protocol: one classifier per predefined 1,000-image training fold.
+        stl10 = source == "stl10" and cfg.eval.train_split == "train"
+        folds = stl10_folds(cfg.eval.root or cfg.data.root) if stl10 else None
+        result = {"model": model_name, **run_quadrant(backbone, *splits, dev, size, classifier, folds,
+                                                      probe_epochs=cfg.eval.probe_epochs, seed=cfg.seed,
+                                                      transform=transform)}
+    elif protocol == "nonlinear":
+        from selfsup.eval.nonlinear import HEADS, train_heads
+
+        if layers is None:  # every tap; the conv classifier needs maps, so every spatial one
+            shapes = backbone.tap_shapes(cfg.model.input_size)
+            layers = [n for n, shape in shapes.items() if head == "mlp" or len(shape) == 3]
+        train, test = splits
+        accs = train_heads(backbone, layers, head, train.images, train.labels, test.images, test.labels,
+                           cfg.model.input_size, dev, epochs, cfg.seed, transform=transform)
+        result = {"model": model_name, "head": head, "epochs": epochs or HEADS[head]["epochs"],
+                  "top1": {k: round(v, 2) for k, v in accs.items()}}
+    else:
+        torch.manual_seed(cfg.seed)
+        accs = linear_probes(tap_features(backbone, cfg, dev, layers, splits, transform), cfg, dev)
+        result = {"model": model_name, "linear_top1": {k: round(v, 2) for k, v in accs.items()}}
+        write_probe_report(run, _probe_history(run, model_name, accs), title=f"Linear probes: {run.name}",
+                           note=f"eval source {cfg.eval.source or cfg.data.source}")
+    with open(run / "eval.jsonl", "a") as f:
+        f.write(json.dumps({"protocol": protocol, **result}) + "\n")
+    return result
+
+
+def export_labels(run: str | Path, output: str | Path = "labels.csv", device: str = "auto",
+                  force: bool = False) -> dict:
+    """Write a sela/deepcluster run's labels as CSV (index, label_t and confidence_t per head, true_label when known)
+    and a grid of each large cluster's images nearest its centre; returns a summary with clustering metrics against
+    the true labels when the data has them."""
+    import csv
+
+    import torch.nn.functional as F
+
+    from selfsup.distributed import pick_device
+    from selfsup.engine import load_run, run_images
+    from selfsup.eval.cluster import cluster_metrics
+    from selfsup.methods.pseudo_labels import PseudoLabelMethod
+    from selfsup.report import cluster_grid
+
+    dev = pick_device(device)
+    method = load_run(run, dev)
+    if not isinstance(method, PseudoLabelMethod):
+        raise SelfSupError(f"{run} is a {method.run_config.method} run, which makes no labels; use a sela or "
+                           "deepcluster run")
+    out = Path(output)
+    if out.exists() and not force:
+        raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
+    data = run_images(method.run_config)  # the images the run trained on (synthesised ones are made again, seeded)
+    images = torch.from_numpy(np.array(data.images)).to(dev)
+    labels = method.labels.view(-1, len(data)).cpu()  # (heads, N)
+    probs = F.softmax(method.dataset_pass(method.logits, images), dim=-1).cpu()  # (N, heads, K)
+    features = method.dataset_pass(method.backbone, images).cpu()
+    conf = probs.gather(2, labels.T[:, :, None]).squeeze(2)  # the model's probability of each sample's label
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        heads = range(labels.shape[0])
+        writer.writerow(["index", *[c for t in heads for c in (f"label_{t}", f"confidence_{t}")]]
+                        + (["true_label"] if data.labels is not None else []))
+        for i in range(len(data)):
+            row = [i, *[v for t in heads for v in (int(labels[t, i]), f"{float(conf[i, t]):.4f}")]]
+            writer.writerow(row + ([int(data.labels[i])] if data.labels is not None else []))
+    tmp.replace(out)
+    grid = cluster_grid(np.asarray(data.images), features, labels[0], out.with_name(out.stem + "_clusters.png"))
+    result = {"labels": str(out), "cluster_grid": str(grid), "samples": len(data), "heads": labels.shape[0]}
+    if data.labels is not None:
+        result["head_0"] = {k: round(v, 4) for k, v in cluster_metrics(labels[0].numpy(), data.labels).items()}
+    return result
+
+
+__all__ = ["knn", "linear_probe", "evaluate_run", "export_labels", "PROTOCOLS"]

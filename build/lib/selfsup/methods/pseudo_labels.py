@@ -1,0 +1,65 @@
+"""The shared base of the methods that classify their training images into labels they keep: SeLa and DeepCluster
+(labels they compute) and supervised training (labels given). One linear layer holds T heads of K classes; the
+loss is the mean over heads of the cross-entropy against each sample's label (-1: no label)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import Batch, Method
+
+
+class PseudoLabelMethod(Method):
+    """Backbone + T linear heads of K classes, trained on the labels in the `labels` buffer (T, N).
+
+    The buffer follows the module's device and is saved in (and restored from) every checkpoint, so a resumed run
+    continues with the labels it had. `selfsup labels RUN` exports them.
+    """
+
+    per_sample_state = True
+
+    def __init__(self, backbone, cfg=None, augment=None, data=None):
+        super().__init__(backbone, cfg, augment, data)
+        labels, self.num_classes = self.initial_labels(self.data)
+        self.num_heads = labels.shape[0]
+        self.heads = nn.Linear(self.backbone.feature_dim, self.num_heads * self.num_classes)
+        self.register_buffer("labels", labels.long().clone())  # never the caller's tensor: relabelling writes here
+        self._register_load_state_dict_pre_hook(_upgrade_state)
+
+    def initial_labels(self, data) -> tuple[torch.Tensor, int]:
+        """The (T, N) labels to start from, and the number of classes K of every head."""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, K) head logits."""
+        return self.heads(self.backbone(x)).view(x.shape[0], self.num_heads, self.num_classes)
+
+    def label_loss(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Mean over heads of the cross-entropy of (B, T, K) logits against the labels of samples `index`."""
+        targets = self.labels[:, index]
+        return torch.stack([F.cross_entropy(logits[:, t], targets[t], ignore_index=-1)
+                            for t in range(self.num_heads)]).mean()
+
+    def check_samples(self, images: torch.Tensor) -> None:
+        """A one-line error when the data is not the one the labels were made for."""
+        if len(images) != self.labels.shape[1]:
+            raise SelfSupError(f"{type(self).__name__} was built for {self.labels.shape[1]} samples but the data has "
+                               f"{len(images)}")
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"loss": self.label_loss(self.logits(self.view(batch)).float(), batch.index)}
+
+
+def _upgrade_state(state: dict, prefix: str, *_args) -> None:
+    """Checkpoints from before the family shared this base: DeepCluster's `classifier` and (N,) labels."""
+    for key in [k for k in state if k.startswith(prefix + "classifier.")]:
+        state[prefix + "heads." + key[len(prefix + "classifier."):]] = state.pop(key)
+    labels = state.get(prefix + "labels")
+    if labels is not None and labels.dim() == 1:
+        state[prefix + "labels"] = labels[None]
+
+
+__all__ = ["PseudoLabelMethod"]

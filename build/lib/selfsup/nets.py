@@ -1,0 +1,403 @@
+"""Backbones with named taps, so every layer can be probed.
+
+A backbone maps a normalised image batch to a flat representation (`forward`) and can return the
+activations at any of its named taps (`forward_taps`), in network order. `build_backbone(name)` makes
+selfsup's own; `wrap(module)` makes any torchvision or timm model a backbone (its classifier dropped, its
+feature size found by one forward pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from selfsup.config import ModelConfig
+from selfsup.errors import SelfSupError
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """The module in eval mode (running batch-norm statistics, no dropout) for the block, then back as it was."""
+    training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(training)
+
+
+class Backbone(nn.Module):
+    """Base of every backbone: `taps` are the layer names in network order, `feature_dim` the output width.
+
+    `model_config` says how build_backbone made it (so a run can rebuild it); None for a wrapped module.
+    """
+
+    taps: list[str]
+    feature_dim: int
+    model_config: ModelConfig | None = None
+
+    def forward_taps(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Activations at the requested taps (all when None), in network order."""
+        raise NotImplementedError
+
+    def _check_taps(self, names: list[str] | None) -> list[str]:
+        names = list(self.taps) if names is None else list(names)
+        unknown = [n for n in names if n not in self.taps]
+        if unknown:
+            raise SelfSupError(f"unknown layer(s) {unknown}; this backbone has {', '.join(self.taps)}")
+        return names
+
+    @torch.no_grad()
+    def tap_shapes(self, input_size: int, names: list[str] | None = None) -> dict[str, torch.Size]:
+        """Per-image output shape of each requested tap (all when None) for input_size-pixel images."""
+        device = next(self.parameters()).device
+        with eval_mode(self):
+            maps = self.forward_taps(torch.zeros(1, 3, input_size, input_size, device=device), names)
+        return {name: m.shape[1:] for name, m in maps.items()}
+
+    def last_spatial_tap(self, input_size: int) -> tuple[str, torch.Size]:
+        """The deepest tap still a (C,H,W) map for input_size-pixel images, and its shape: an encoder's output."""
+        spatial = [(name, shape) for name, shape in self.tap_shapes(input_size).items() if len(shape) == 3]
+        if not spatial:
+            raise SelfSupError("this method needs a backbone with a spatial (conv) layer")
+        return spatial[-1]
+
+
+class StagedBackbone(Backbone):
+    """A sequence of named stages (the taps) and a head from the last stage's map to the flat representation."""
+
+    def __init__(self, stages: dict[str, nn.Module], head: nn.Module, feature_dim: int):
+        super().__init__()
+        self.stages = nn.ModuleDict(stages)
+        self.head = head
+        self.taps = list(stages)
+        self.feature_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages.values():
+            x = stage(x)
+        return self.head(x)
+
+    def forward_taps(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Activations at the requested taps (all when None); stops after the deepest one asked for."""
+        names = self._check_taps(names)
+        last = max(self.taps.index(n) for n in names)
+        out = {}
+        for i, (name, stage) in enumerate(self.stages.items()):
+            x = stage(x)
+            if name in names:
+                out[name] = x
+            if i == last:
+                break
+        return out
+
+
+def _conv_bn(cin: int, cout: int, k: int, bn: bool, stride: int = 1) -> list[nn.Module]:
+    layers = [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class ResNet(StagedBackbone):
+    """A ResNet with taps conv1, layer1..layer4: torchvision's resnet18/50, or any given torchvision or timm ResNet
+    (its modules are shared, not copied). `cifar_stem` swaps in a 3x3 stride-1 conv and drops the max-pool."""
+
+    def __init__(self, depth: int = 18, cifar_stem: bool = False, net: nn.Module | None = None):
+        if net is None:
+            net = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth](weights=None)
+            if cifar_stem:
+                net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+                net.maxpool = nn.Identity()
+        act = getattr(net, "relu", None) or net.act1  # torchvision calls it relu, timm act1
+        stem = nn.Sequential(net.conv1, net.bn1, act)
+        stages = {"conv1": stem, "layer1": nn.Sequential(net.maxpool, net.layer1), "layer2": net.layer2,
+                  "layer3": net.layer3, "layer4": net.layer4}
+        super().__init__(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), net.layer4[-1].conv1.in_channels)
+
+    def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under torchvision's (and timm's) resnet key names, without fc: they load with strict=True
+        into torchvision_resnet(depth, cifar_stem) (or timm_resnet), which gives the same features."""
+        out = {}
+        for key, value in self.state_dict().items():
+            parts = key.split(".")  # stages.<tap>.<idx>.<rest>
+            tap, idx, rest = parts[1], parts[2], parts[3:]
+            if tap == "conv1":
+                name = ["conv1", "bn1"][int(idx)]
+                out[".".join([name] + rest)] = value
+            elif tap == "layer1":
+                out[".".join(["layer1"] + rest)] = value  # index 0 is the parameterless max-pool
+            else:
+                out[".".join([tap, idx] + rest)] = value
+        return out
+
+
+def torchvision_resnet(depth: int = 18, cifar_stem: bool = False) -> nn.Module:
+    """The stock torchvision ResNet that an exported selfsup ResNet loads into with strict=True: `fc` is an identity
+    (the representation is the pooled layer4, as selfsup's), and with `cifar_stem` conv1 is 3x3 stride 1, no max-pool.
+
+    Example:
+        >>> net = torchvision_resnet(18, cifar_stem=True)
+        >>> net.load_state_dict(torch.load("backbone.pth"), strict=True)  # from selfsup export RUN --format torchvision
+    """
+    net = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth](weights=None)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+def timm_resnet(depth: int = 18, cifar_stem: bool = False) -> nn.Module:
+    """timm's ResNet without classifier (num_classes=0), with the CIFAR stem when asked: loads a selfsup export with
+    strict=True (needs timm: pip install timm)."""
+    try:
+        import timm
+    except ImportError:
+        raise SelfSupError("timm is not installed; pip install timm (or export --format torchvision)") from None
+    net = timm.create_model(f"resnet{depth}", pretrained=False, num_classes=0)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    return net
+
+
+class AlexNetSmall(StagedBackbone):
+    """AlexNet with batch-norm for small images (conv1..conv5), as SeLa and the single-image paper use on CIFAR.
+
+    Channel widths follow AlexNet (96-256-384-384-256); kernels are 5,5,3,3,3 with stride 1 and 3x3/2
+    max-pools after conv1, conv2 and conv5, which maps 32x32 inputs to 4x4x256 before global pooling.
+    `width` scales every layer's channels (0.5 costs about a quarter of the compute: CPU-sized studies).
+    """
+
+    def __init__(self, bn: bool = True, width: float = 1.0):
+        if width <= 0:
+            raise SelfSupError(f"model.width must be positive, got {width}")
+        c1, c2, c3, c4, c5 = (max(8, round(c * width)) for c in (96, 256, 384, 384, 256))
+        pool = lambda: nn.MaxPool2d(3, 2, 1)  # noqa: E731
+        stages = {
+            "conv1": nn.Sequential(*_conv_bn(3, c1, 5, bn)),
+            "conv2": nn.Sequential(pool(), *_conv_bn(c1, c2, 5, bn)),
+            "conv3": nn.Sequential(pool(), *_conv_bn(c2, c3, 3, bn)),
+            "conv4": nn.Sequential(*_conv_bn(c3, c4, 3, bn)),
+            "conv5": nn.Sequential(*_conv_bn(c4, c5, 3, bn)),
+        }
+        super().__init__(stages, nn.Sequential(pool(), nn.AdaptiveAvgPool2d(1), nn.Flatten()), c5)
+
+
+class ExemplarNet(StagedBackbone):
+    """The Exemplar-CNN nets (Dosovitskiy et al. 2014): 5x5 convs, 2x2 max-pool after the first two, one FC layer.
+
+    E.g. widths (64, 64) and fc 128 is 64c5-64c5-128f. Convs are padded to keep size (the paper does not
+    say); batch-norm is on by default for stable training with other methods' large learning rates
+    (`bn=False` gives the paper's plain net). The FC layer is a tap, and its ReLU output the representation.
+    """
+
+    def __init__(self, widths: tuple[int, ...], fc: int, input_size: int = 32, bn: bool = True, dropout: float = 0.0):
+        # Stage j of [conv1, conv2, ..., fc] starts with the 2x2 max-pool that follows conv j, for j = 1, 2.
+        stages, cin, size = {}, 3, input_size
+        for j, w in enumerate(widths):
+            pool = [nn.MaxPool2d(2)] if j in (1, 2) else []
+            size //= 2 if pool else 1
+            stages[f"conv{j + 1}"] = nn.Sequential(*pool, *_conv_bn(cin, w, 5, bn))
+            cin = w
+        pool = [nn.MaxPool2d(2)] if len(widths) in (1, 2) else []
+        size //= 2 if pool else 1
+        fc_layers = [*pool, nn.Flatten(), nn.Linear(cin * size * size, fc, bias=not bn)]
+        if bn:
+            fc_layers.append(nn.BatchNorm1d(fc))
+        fc_layers.append(nn.ReLU(inplace=True))
+        if dropout:
+            fc_layers.append(nn.Dropout(dropout))
+        stages["fc"] = nn.Sequential(*fc_layers)
+        super().__init__(stages, nn.Identity(), fc)
+
+
+class NIN(StagedBackbone):
+    """Network-in-Network as RotNet uses it on CIFAR (Gidaris et al. 2018): blocks of three conv-BN-ReLU layers.
+
+    block1 = 192c5-160c1-96c1 then a 3x3/2 max-pool, block2 = 192c5-192c1-192c1 then a 3x3/2 average pool,
+    block3 and any later block = 192c3-192c1-192c1; the representation is the last block, globally averaged.
+    Each pool closes its block, as in the paper, so the taps are the paper's features: block1 is 96x16x16 and
+    block2 192x8x8 at 32 px (the maps its non-linear and conv classifiers are trained on).
+    """
+
+    def __init__(self, blocks: int = 4, bn: bool = True):
+        if blocks < 3:
+            raise SelfSupError(f"NIN needs at least 3 blocks, got {blocks}")
+
+        def block(cin: int, widths: tuple[int, int, int], k: int, pool: list[nn.Module]) -> nn.Sequential:
+            return nn.Sequential(*_conv_bn(cin, widths[0], k, bn), *_conv_bn(widths[0], widths[1], 1, bn),
+                                 *_conv_bn(widths[1], widths[2], 1, bn), *pool)
+
+        stages = {"block1": block(3, (192, 160, 96), 5, [nn.MaxPool2d(3, 2, 1)]),
+                  "block2": block(96, (192, 192, 192), 5, [nn.AvgPool2d(3, 2, 1)])}
+        for i in range(3, blocks + 1):
+            stages[f"block{i}"] = block(192, (192, 192, 192), 3, [])
+        super().__init__(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), 192)
+
+
+EXEMPLAR_NETS = {
+    "exemplar_small": ((64, 64), 128),  # 64c5-64c5-128f
+    "exemplar_medium": ((64, 128, 256), 512),  # 64c5-128c5-256c5-512f
+    "exemplar_large": ((92, 256, 512), 1024),  # 92c5-256c5-512c5-1024f
+}
+ALIASES = {"64c5-64c5-128f": "exemplar_small", "64c5-128c5-256c5-512f": "exemplar_medium",
+           "92c5-256c5-512c5-1024f": "exemplar_large", "alexnet": "alexnet_small"}
+BACKBONES = ("resnet18", "resnet50", "alexnet_small", "nin", *EXEMPLAR_NETS)
+
+
+def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0,
+                   width: float = 1.0) -> Backbone:
+    """Build a backbone by name: resnet18, resnet50, alexnet_small, nin, exemplar_small/medium/large (or 64c5-...).
+
+    `width` (a channel multiplier) applies to alexnet_small only.
+
+    Example:
+        >>> net = build_backbone("resnet18", cifar_stem=True)
+        >>> net(torch.zeros(2, 3, 32, 32)).shape, net.taps
+        (torch.Size([2, 512]), ['conv1', 'layer1', 'layer2', 'layer3', 'layer4'])
+    """
+    key = ALIASES.get(name, name)
+    if width != 1.0 and key != "alexnet_small":
+        raise SelfSupError(f"model.width applies to alexnet_small only, not {name!r}")
+    if key in ("resnet18", "resnet50"):
+        net: Backbone = ResNet(int(key[6:]), cifar_stem)
+    elif key == "alexnet_small":
+        net = AlexNetSmall(bn, width)
+    elif key == "nin":
+        net = NIN(4, bn)
+    elif key in EXEMPLAR_NETS:
+        widths, fc = EXEMPLAR_NETS[key]
+        net = ExemplarNet(widths, fc, input_size, bn, dropout)
+    else:
+        raise SelfSupError(f"unknown backbone {name!r}; use one of {', '.join(BACKBONES)} or "
+                           f"{', '.join(k for k in ALIASES if 'c5' in k)}")
+    net.model_config = ModelConfig(name, cifar_stem, input_size, bn, dropout, width)
+    return net
+
+
+def backbone_from(model: ModelConfig) -> Backbone:
+    """The backbone a config's model section describes, freshly initialised."""
+    if model.backbone == CUSTOM:
+        raise SelfSupError("this run's backbone was a module given to selfsup.fit, which a config cannot rebuild; "
+                           "build it again and pass it: selfsup.load_run(RUN, method=...)")
+    return build_backbone(model.backbone, model.cifar_stem, model.input_size, model.bn, model.dropout, model.width)
+
+
+CUSTOM = "custom"  # model.backbone of a run whose backbone was a wrapped module
+CLASSIFIER_NAMES = ("fc", "head", "heads", "classifier")
+
+
+def _drop_classifier(module: nn.Module) -> str | None:
+    """Replace the module's final classification layer by an identity, in place; its name, or None when there is none.
+
+    The classifier is the last child named fc, head, heads or classifier that is a Linear layer, or a Sequential ending
+    in one (torchvision's VGG, ViT, MobileNet, ConvNeXt keep theirs there); timm models are asked to reset theirs."""
+    if hasattr(module, "reset_classifier") and hasattr(module, "num_classes"):
+        module.reset_classifier(0)
+        return "reset_classifier(0)"
+    children = dict(module.named_children())
+    for name in reversed(list(children)):
+        if name not in CLASSIFIER_NAMES:
+            continue
+        child = children[name]
+        if isinstance(child, nn.Linear):
+            setattr(module, name, nn.Identity())
+            return name
+        if isinstance(child, nn.Sequential) and len(child) and isinstance(child[-1], nn.Linear):
+            last = list(child._modules)[-1]
+            child._modules[last] = nn.Identity()
+            return f"{name}.{last}"
+    return None
+
+
+class Wrapped(Backbone):
+    """Any nn.Module as a backbone (see wrap): its output, globally average-pooled if it is a map, is the representation
+    (tap "features"); other taps are submodules by name, read with forward hooks."""
+
+    def __init__(self, module: nn.Module, feature_dim: int, taps: list[str], pool: bool):
+        super().__init__()
+        self.module = module
+        self.feature_dim = feature_dim
+        self.taps = [*taps, "features"]
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        return out.mean(dim=(2, 3)) if self.pool else out.flatten(1)
+
+    def forward_taps(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        names = self._check_taps(names)
+        caught: dict[str, torch.Tensor] = {}
+        modules = dict(self.module.named_modules())
+        hooks = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: caught.__setitem__(n, out))
+                 for n in names if n != "features"]
+        try:
+            features = self(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        caught["features"] = features
+        return {n: caught[n] for n in self.taps if n in names}
+
+
+def wrap(module: nn.Module, input_size: int = 224, taps: list[str] | None = None) -> Backbone:
+    """Make any torchvision or timm model (or any nn.Module mapping images to features) a selfsup backbone.
+
+    A ResNet (torchvision's or timm's) becomes selfsup's ResNet over the same modules, with taps conv1, layer1..layer4.
+    Any other module has its classifier replaced by an identity in place (see _drop_classifier), and its feature size
+    is found by one forward pass of an `input_size` image; `taps` names submodules to probe besides the output.
+
+    Example:
+        >>> backbone = wrap(torchvision.models.resnet18(), input_size=32)
+        >>> backbone.feature_dim, backbone.taps
+        (512, ['conv1', 'layer1', 'layer2', 'layer3', 'layer4'])
+    """
+    if isinstance(module, Backbone):
+        return module
+    if not isinstance(module, nn.Module):
+        raise SelfSupError(f"wrap needs a torch.nn.Module, got {type(module).__name__}")
+    if all(hasattr(module, a) for a in ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4")) \
+            and hasattr(module.layer4[-1], "conv1") and (hasattr(module, "relu") or hasattr(module, "act1")):
+        return ResNet(net=module)
+    _drop_classifier(module)
+    known = dict(module.named_modules())
+    missing = [t for t in taps or [] if t not in known or t == ""]
+    if missing:
+        raise SelfSupError(f"wrap: {type(module).__name__} has no submodule(s) {missing} to tap")
+    try:
+        param = next(module.parameters())
+        device, dtype = param.device, param.dtype
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    with torch.no_grad(), eval_mode(module):
+        out = module(torch.zeros(1, 3, input_size, input_size, device=device, dtype=dtype))
+    if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SelfSupError(f"wrap: {type(module).__name__} returns {shape} for an image batch; a backbone must return "
+                           "features (B,D) or maps (B,C,H,W)")
+    return Wrapped(module, out.shape[1], list(taps or []), pool=out.dim() == 4)
+
+
+def as_backbone(module: nn.Module, input_size: int = 224) -> Backbone:
+    """module itself when it is a Backbone, else wrap(module, input_size)."""
+    return module if isinstance(module, Backbone) else wrap(module, input_size)
+
+
+def model_config_of(backbone: Backbone) -> ModelConfig:
+    """How a config rebuilds the backbone: build_backbone's record, or model.backbone=custom for a wrapped one."""
+    if backbone.model_config is not None:
+        return dataclasses.replace(backbone.model_config)
+    return ModelConfig(backbone=CUSTOM)
+
+
+__all__ = ["Backbone", "StagedBackbone", "ResNet", "AlexNetSmall", "ExemplarNet", "NIN", "Wrapped", "build_backbone",
+           "backbone_from", "wrap", "as_backbone", "eval_mode", "torchvision_resnet", "timm_resnet", "BACKBONES",
+           "model_config_of", "CUSTOM"]
