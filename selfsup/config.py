@@ -239,7 +239,11 @@ def import_modules(names: list[str]) -> None:
                 path = Path(name).expanduser().resolve()
                 if not path.is_file():
                     raise SelfSupError(f"imports: {name} does not exist")
-                if path.stem in sys.modules:
+                loaded = sys.modules.get(path.stem)
+                if loaded is not None:
+                    if Path(getattr(loaded, "__file__", "") or "").resolve() != path:
+                        raise SelfSupError(f"imports: {name} would be module {path.stem!r}, which is already "
+                                           f"imported from {getattr(loaded, '__file__', 'elsewhere')}; rename the file")
                     continue
                 spec = importlib.util.spec_from_file_location(path.stem, path)
                 module = importlib.util.module_from_spec(spec)
@@ -303,14 +307,16 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | 
 
 
 def upgrade_saved(saved: dict) -> dict:
-    """A run config written by an earlier selfsup (every method's section, labels_file under data) in today's form."""
-    saved = {**saved, "data": dict(saved.get("data") or {})}
-    labels_file = saved["data"].pop("labels_file", None)
-    if labels_file is not None:
-        saved["supervised"] = {**saved.get("supervised", {}), "labels_file": labels_file}
-    if saved.get("method") == "instance" and "transform" in saved.get("exemplar", {}):
-        saved["instance"] = {**saved.get("instance", {}), "transform": saved["exemplar"]["transform"]}
-    return saved
+    """A run config written by an earlier selfsup (every method's section in it) in today's form: its method's
+    upgrade_config hook moves what the method owns now, and keys that moved out of the common sections go."""
+    from selfsup.methods.registry import find_method
+
+    import_modules(list(saved.get("imports") or []))
+    cls = find_method(saved.get("method", Config.method))
+    if cls is not None:
+        saved = cls.upgrade_config(dict(saved))
+    data = {k: v for k, v in (saved.get("data") or {}).items() if k != "labels_file"}  # now supervised.labels_file
+    return {**saved, "data": data}
 
 
 def load_run_config(saved: dict | str | Path) -> Config:

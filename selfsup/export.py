@@ -2,7 +2,8 @@
 
 Formats:
     safetensors  the backbone's state_dict as .safetensors (ResNets under torchvision's key names, any other selfsup
-                 backbone under its own; a wrapped module under the module's own names).
+                 backbone under its own; a module wrapped for selfsup.fit under the module's own names, given the
+                 method again: export_backbone(RUN, method=...)).
     torchvision  a ResNet as a torch.save'd state_dict that loads with strict=True into the stock model built by
                  selfsup.nets.torchvision_resnet(depth, cifar_stem) (torchvision's resnet with fc = Identity and,
                  for the CIFAR stem, conv1 3x3 stride 1 and no max-pool), and gives the same features.
@@ -34,16 +35,16 @@ def backbone_state(backbone) -> dict[str, torch.Tensor]:
 
 
 def export_backbone(run: str | Path, output: str | Path | None = None, format: str = "safetensors",
-                    force: bool = False) -> dict:
+                    force: bool = False, method=None) -> dict:
     """Write run's backbone in `format` to `output` (default RUN/backbone*.safetensors|.pth); returns a summary with
-    the Python line that builds the model it loads into."""
+    the Python line that builds the model it loads into. `method`: for a run a config cannot rebuild (see load_run)."""
     from safetensors.torch import save_file
 
     from selfsup.engine import load_run
 
     if format not in FORMATS:
         raise SelfSupError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
-    method = load_run(run)
+    method = load_run(run, method=method)
     backbone, model = method.backbone, method.run_config.model
     out = Path(output) if output else Path(run) / SUFFIX[format]
     if out.exists() and not force:

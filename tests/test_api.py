@@ -211,6 +211,11 @@ def test_imports_key_registers_a_method_from_a_file(tmp_path):
         sys.modules.pop("plugin_method_for_test", None)
     with pytest.raises(SelfSupError, match="cannot import 'no_such_module_xyz'"):
         selfsup.load_config(overrides={"imports": ["no_such_module_xyz"]})
+    clash = tmp_path / "sub" / "yaml.py"  # the name of a module already imported from elsewhere
+    clash.parent.mkdir()
+    clash.write_text("")
+    with pytest.raises(SelfSupError, match="already imported"):
+        selfsup.load_config(overrides={"imports": [str(clash)]})
 
 
 def test_a_config_saved_by_the_previous_version_still_loads():
@@ -251,3 +256,54 @@ def test_augment_takes_either_layout_checks_its_input_and_never_modifies_it():
         with pytest.raises(SelfSupError, match=message) as info:
             selfsup.augment(bad, cfg)
         assert "\n" not in str(info.value)
+
+
+def test_checkpoints_of_the_previous_version_load(tmp_path):
+    """DeepCluster kept its classifier as `classifier` and its labels as (N,); compiled runs named the backbone
+    backbone._orig_mod: runs saved that way load into today's methods with the same weights."""
+    from test_train import tiny_config
+
+    cfg = tiny_config(method="deepcluster", epochs=1, data={"samples_per_epoch": None}, optim={"warmup_epochs": 0},
+                      eval={"knn_every": 0}, deepcluster={"num_clusters": 4, "pca_dim": 8, "backend": "torch"})
+    selfsup.pretrain(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run")
+    new = ckpt["method"]
+    old = {}
+    for key, value in new.items():
+        key = key.replace("heads.", "classifier.").replace("backbone.", "backbone._orig_mod.")
+        old[key] = value[0] if key == "labels" else value
+    torch.save({**ckpt, "method": old}, tmp_path / "run" / "checkpoint.pt")
+    loaded = selfsup.load_run(tmp_path / "run").state_dict()
+    assert loaded.keys() == new.keys() and all(torch.equal(loaded[k], new[k]) for k in new)
+
+
+def test_an_unregistered_method_class_trains_and_reloads_when_given(tmp_path):
+    class Mine(selfsup.SimCLR):  # not registered: a config cannot rebuild it, so load_run needs it given
+        pass
+
+    def make():
+        torch.manual_seed(0)
+        return Mine(selfsup.build_backbone("exemplar_small", input_size=16), selfsup.SimCLRConfig(proj_hidden=16),
+                    data=selfsup.DataInfo(input_size=16))
+
+    cfg = selfsup.load_config(overrides={**FIT, "epochs": 1})
+    trained = selfsup.fit(make(), _digits_nchw(), cfg, tmp_path / "run", progress=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["method"].endswith("Mine") and "simclr" not in saved
+    with pytest.raises(SelfSupError, match="unknown method"):
+        selfsup.load_run(tmp_path / "run")
+    again = selfsup.load_run(tmp_path / "run", method=make())
+    assert torch.equal(again.head[0].weight, trained.head[0].weight)
+
+
+def test_a_method_built_for_other_data_is_a_one_line_error(tmp_path):
+    images = _digits_nchw()
+    method = selfsup.InstanceDiscrimination(selfsup.build_backbone("exemplar_small", input_size=16),
+                                            selfsup.InstanceConfig(dim=8, negatives=16),
+                                            data=selfsup.DataInfo(num_samples=50, input_size=16))
+    cfg = selfsup.load_config(overrides={**FIT, "data": {}})
+    with pytest.raises(SelfSupError, match=f"built for 50 training samples but the data has {len(images)}"):
+        selfsup.fit(method, images, cfg, progress=False)
+    sela = selfsup.SeLa(selfsup.build_backbone("exemplar_small", input_size=16), data=selfsup.DataInfo(len(images), 16))
+    with pytest.raises(SelfSupError, match="^sela keeps one label per training image"):
+        selfsup.fit(sela, images, selfsup.load_config(overrides=FIT), progress=False)  # samples_per_epoch resamples

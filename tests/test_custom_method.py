@@ -2,6 +2,9 @@
 and by selfsup.fit, resumed exactly, and run in the multi-process equivalence test (test_ddp imports this module)."""
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +87,14 @@ def test_pretrain_on_the_command_line_resumes_exactly(tmp_path, capsys):
     assert main(["config", "keys", "twin"]) == 0
     keys = capsys.readouterr().out
     assert "twin.momentum" in keys and "float" in keys and "simclr.temperature" not in keys
+
+    # The run names the module the method lives in, so a fresh process (the command line, torchrun) rebuilds it.
+    assert saved["imports"] == ["test_custom_method"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run([sys.executable, "-m", "selfsup", "eval", "knn", str(tmp_path / "straight"), "eval.knn_k=20"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 0 <= json.loads(proc.stdout.strip().splitlines()[-1])["knn_top1"] <= 100
 
 
 def test_fit_trains_it_from_python(tmp_path):

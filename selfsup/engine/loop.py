@@ -130,39 +130,59 @@ def open_run(cfg: Config, out: str | Path | None, resume: bool, force: bool, pro
 
 def _record(cfg: Config, method: Method) -> None:
     """Make the run's config say what a given method object is (its section, augmentation, input size, backbone)."""
-    # A subclass that was not registered itself is not the method it derives from: a config cannot rebuild it.
-    cfg.method = type(method).__dict__.get("name") or type(method).__qualname__
-    cfg.method_sections[cfg.method] = method.cfg
+    cls = type(method)
+    # A subclass that was not registered itself is not the method it derives from: a config cannot rebuild it (and
+    # load_run needs it passed as method=), so its section is not written either.
+    cfg.method = cls.__dict__.get("name") or cls.__qualname__
+    if cls.__dict__.get("name"):
+        cfg.method_sections[cfg.method] = method.cfg
     cfg.augment = method.aug
     cfg.model = model_config_of(method.backbone)
     cfg.model.input_size = method.data.input_size
 
 
+def _record_import(cfg: Config, cls: type) -> None:
+    """Add the module of a method registered outside selfsup to cfg.imports, so another process can rebuild it."""
+    module = cls.__module__
+    loaded = {Path(m).stem for m in cfg.imports if m.endswith(".py")} | set(cfg.imports)
+    if cls.__dict__.get("name") and not module.startswith("selfsup.") and module != "__main__" and module not in loaded:
+        cfg.imports.append(module)
+
+
+def _samples(method: Method, count: int) -> int:
+    """How many training samples the method was built for (its per-sample state), else `count`."""
+    return (type(method).num_samples_in(method.state_dict()) or count) if method.per_sample_state else count
+
+
 def prepare(method: Method | None, data, run: Run) -> tuple[Method, TrainData]:
-    """The method (built from the config unless given) and its training data on the device; creates the run
-    directory once every check has passed."""
+    """The method (built from the config unless given) and its training data on the device. The run directory is
+    created after the config, data and method checks, and before prepare_data (which may save into it)."""
     cfg = run.cfg
-    arr = source_images(cfg, data)
+    if method is not None:
+        _record(cfg, method)
     cls = type(method) if method is not None else get_method(cfg.method)
+    _record_import(cfg, cls)
+    arr = source_images(cfg, data)
     arr, synth = training_data(cfg, arr, cls.per_sample_state)
     if method is None:
         torch.manual_seed(cfg.seed)  # the run's initialisation (load_run(random_init=True) rebuilds it)
         method = build_method(cfg, cls.data_info(cfg, arr))
-    else:
-        _record(cfg, method)
+    resample = bool(cfg.data.samples_per_epoch) and not cls.per_sample_state  # draw with replacement
+    expected = _samples(method, len(arr))  # Exemplar-CNN: its seeds, made by prepare_data below
+    per_epoch = cfg.data.samples_per_epoch if resample else expected * method.passes_per_epoch
+    if per_epoch < cfg.batch_size:
+        raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or "
+                           "set data.samples_per_epoch")
     if run.writes:
         create_run_dir(run.out, run.resume)
     if run.info.enabled:
         dist.barrier()
     arr = method.prepare_data(arr, RunInfo(run.out, run.resume, run.info.is_main, cfg.seed))
+    if method.per_sample_state and len(arr) != expected:
+        raise SelfSupError(f"{type(method).__name__} was built for {expected} training samples but the data has "
+                           f"{len(arr)}; build it with DataInfo(num_samples={len(arr)})")
     images = torch.from_numpy(np.array(arr.images)).to(run.device)  # read the memory map into (device) memory once
-    resample = bool(cfg.data.samples_per_epoch) and not cls.per_sample_state  # draw with replacement
-    per_epoch = cfg.data.samples_per_epoch if resample else len(arr) * method.passes_per_epoch
-    steps = per_epoch // cfg.batch_size
-    if steps == 0:
-        raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or "
-                           "set data.samples_per_epoch")
-    return method.to(run.device), TrainData(images, synth, resample, per_epoch, steps)
+    return method.to(run.device), TrainData(images, synth, resample, per_epoch, per_epoch // cfg.batch_size)
 
 
 def setup_model(method: Method, run: Run, data: TrainData) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
@@ -213,6 +233,9 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     cfg, device, info = run.cfg, run.device, run.info
     method = unwrap(model)
     model.train()
+    # Whatever an epoch draws from the global RNG is the same on resume as in one go: the hook's draws (the same on
+    # every process too), then the steps' (dropout masks, per process).
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))
     method.on_epoch_start(EpochContext(epoch, cfg.epochs, data.images, device, optimizer, cfg.seed))
     order_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
     order = method.epoch_order(data.per_epoch, order_gen)
@@ -222,7 +245,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
                  else torch.cat([torch.randperm(n, generator=order_gen) for _ in range(data.per_epoch // n)]))
     order = order.to(device)
     aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
-    torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # dropout masks: the same on resume as in one go
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
     loss_sum = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     t0 = time.time()

@@ -11,6 +11,7 @@ Flags (class attributes):
     uses_augment      draws its views with the run's `augment` section (so augment.size must be the input size).
 
 Hooks (all optional), in the order the engine calls them:
+    upgrade_config(saved)     (classmethod) a run config saved by an earlier selfsup, in today's form
     data_info(cfg, data)      (classmethod) what the constructor needs to know about the data
     prepare_data(data, run)   the images to train on (Exemplar-CNN: its seed patches), once per run
     on_train_start(images)    once, at the start of a fresh run (statistics of the data)
@@ -153,6 +154,13 @@ class Tape:
         return out
 
 
+def _uncompiled_keys(state: dict, prefix: str, *_args) -> None:
+    """Checkpoints of `compile: true` runs from before the backbone compiled in place name it backbone._orig_mod."""
+    mark = prefix + "backbone._orig_mod."
+    for key in [k for k in state if k.startswith(mark)]:
+        state[prefix + "backbone." + key[len(mark):]] = state.pop(key)
+
+
 class Method(nn.Module):
     """Base of every method: holds the backbone, the method's config section, the augmentation and the data info.
 
@@ -196,6 +204,7 @@ class Method(nn.Module):
             raise SelfSupError(f"{type(self).__name__} learns given labels; give DataInfo(targets=labels)")
         self.cfg, self.aug, self.data = cfg, augment, data
         self.backbone = as_backbone(backbone, data.input_size)
+        self._register_load_state_dict_pre_hook(_uncompiled_keys)
 
     # ------------------------------------------------------------------------------------------ construction
 
@@ -208,6 +217,11 @@ class Method(nn.Module):
     def state_info(cls, state: dict[str, torch.Tensor], cfg) -> DataInfo:
         """The DataInfo a saved state_dict was built with (load_run rebuilds the method from it)."""
         return DataInfo(cls.num_samples_in(state), cfg.model.input_size)
+
+    @classmethod
+    def upgrade_config(cls, saved: dict) -> dict:
+        """A run config dict saved by an earlier selfsup, in today's form for this method (unchanged by default)."""
+        return saved
 
     @staticmethod
     def num_samples_in(state: dict[str, torch.Tensor]) -> int | None:

@@ -44,6 +44,14 @@ class InstanceDiscrimination(TransformedCopies):
         g = torch.Generator().manual_seed(0)
         self.register_buffer("bank", F.normalize(torch.randn(self.data.num_samples, self.cfg.dim, generator=g), dim=1))
 
+    @classmethod
+    def upgrade_config(cls, saved: dict) -> dict:
+        """Earlier versions kept the copies' transformations in the exemplar section, shared with Exemplar-CNN."""
+        old = (saved.get("exemplar") or {}).get("transform")
+        if old is not None and "transform" not in (saved.get("instance") or {}):
+            saved["instance"] = {**(saved.get("instance") or {}), "transform": old}
+        return saved
+
     @staticmethod
     def num_samples_in(state: dict[str, torch.Tensor]) -> int | None:
         return state["bank"].shape[0]

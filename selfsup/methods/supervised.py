@@ -67,6 +67,14 @@ class Supervised(PseudoLabelMethod):
         return DataInfo(len(data), cfg.model.input_size, targets)
 
     @classmethod
+    def upgrade_config(cls, saved: dict) -> dict:
+        """Earlier versions kept the labels file under data."""
+        labels_file = (saved.get("data") or {}).get("labels_file")
+        if labels_file is not None:
+            saved["supervised"] = {**(saved.get("supervised") or {}), "labels_file": labels_file}
+        return saved
+
+    @classmethod
     def state_info(cls, state, cfg):
         return DataInfo(state["labels"].shape[-1], cfg.model.input_size, state["labels"])
 

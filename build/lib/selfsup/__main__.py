@@ -1,5 +1,0 @@
-import sys
-
-from selfsup.cli import main
-
-sys.exit(main())
