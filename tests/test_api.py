@@ -24,7 +24,7 @@ README = Path(__file__).parents[1] / "README.md"
 
 
 def _digits_nchw(size=16) -> torch.Tensor:
-    return torch.from_numpy(selfsup.load_source("digits", "train", size=size).images).permute(0, 3, 1, 2).contiguous()
+    return torch.tensor(selfsup.load_source("digits", "train", size=size).images).permute(0, 3, 1, 2).contiguous()
 
 
 def _simclr_on_torchvision_resnet() -> selfsup.SimCLR:

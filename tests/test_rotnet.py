@@ -56,7 +56,7 @@ def test_rotnet_learns_the_pretext_task_on_a_tiny_set(tmp_path):
     method = load_run(tmp_path / "run")
     assert isinstance(method, RotNet)
     test = load_source("digits", "test", size=16)
-    x = to_input(torch.from_numpy(test.images[:200]), 16)
+    x = to_input(torch.tensor(test.images[:200]), 16)
     rotated, labels = rotation_batch(x, 4)
     with torch.no_grad():
         acc = (method.classifier(method.backbone(rotated)).argmax(1) == labels).float().mean().item()

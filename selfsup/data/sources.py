@@ -387,25 +387,30 @@ def _image(arg: str, split: str, root: Path, download: bool, size: int | None) -
 
 
 def _digits(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
-    from sklearn.datasets import load_digits
-
     _check_split("digits", split, ("train", "test", "all"))
-    digits = load_digits()
-    # 8x8 grey levels 0..16 -> uint8 RGB.
-    images = np.repeat((digits.images * (255.0 / 16.0)).round().astype(np.uint8)[..., None], 3, axis=3)
-    labels = digits.target.astype(np.int64)
-    if split != "all":
-        # A fixed, stratified 70/30 split so every run probes on the same test images.
-        rng = np.random.default_rng(0)
-        test = np.zeros(len(labels), dtype=bool)
-        for c in range(10):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            test[idx[: round(0.3 * len(idx))]] = True
-        keep = test if split == "test" else ~test
-        images, labels = images[keep], labels[keep]
-    if size:
-        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
-    return ImageArray("digits", images, labels, [str(i) for i in range(10)])
+
+    def decode():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # 8x8 grey levels 0..16 -> uint8 RGB.
+        images = np.repeat((digits.images * (255.0 / 16.0)).round().astype(np.uint8)[..., None], 3, axis=3)
+        labels = digits.target.astype(np.int64)
+        if split != "all":
+            # A fixed, stratified 70/30 split so every run probes on the same test images.
+            rng = np.random.default_rng(0)
+            test = np.zeros(len(labels), dtype=bool)
+            for c in range(10):
+                idx = rng.permutation(np.flatnonzero(labels == c))
+                test[idx[: round(0.3 * len(idx))]] = True
+            keep = test if split == "test" else ~test
+            images, labels = images[keep], labels[keep]
+        if size:
+            images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+        return images, labels, [str(i) for i in range(10)]
+
+    # Cached like every other source: resizing 1,797 images with PIL costs more than reading them back.
+    return ImageArray("digits", *cached_arrays(f"digits-{split}", cache_key("digits", split, size), decode))
 
 
 SOURCES = {
