@@ -296,8 +296,7 @@ def augment_unit(images: torch.Tensor, cfg: AugmentConfig | None = None, generat
     """Augment a batch (see as_unit) into RGB floats in [0,1], (B,3,S,S); with one source image, n sets how many."""
     cfg = cfg or AugmentConfig()
     device = images.device
-    src = to_float(images) if images.dtype == torch.uint8 and images.dim() == 4 and images.shape[-1] == 3 \
-        else as_unit(images, "augment")
+    src = as_unit(images, "augment")
     count = n if n is not None else src.shape[0]
     src_h, src_w = src.shape[-2:]
     theta, wh, flip, angle = _geometry(count, cfg, src_h, src_w, generator, device)

@@ -110,11 +110,7 @@ class ResNet(StagedBackbone):
     (its modules are shared, not copied). `cifar_stem` swaps in a 3x3 stride-1 conv and drops the max-pool."""
 
     def __init__(self, depth: int = 18, cifar_stem: bool = False, net: nn.Module | None = None):
-        if net is None:
-            net = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth](weights=None)
-            if cifar_stem:
-                net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-                net.maxpool = nn.Identity()
+        net = net if net is not None else torchvision_resnet(depth, cifar_stem)
         act = getattr(net, "relu", None) or net.act1  # torchvision calls it relu, timm act1
         stem = nn.Sequential(net.conv1, net.bn1, act)
         stages = {"conv1": stem, "layer1": nn.Sequential(net.maxpool, net.layer1), "layer2": net.layer2,
@@ -147,10 +143,16 @@ def torchvision_resnet(depth: int = 18, cifar_stem: bool = False) -> nn.Module:
         >>> net.load_state_dict(torch.load("backbone.pth"), strict=True)  # from selfsup export RUN --format torchvision
     """
     net = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth](weights=None)
+    net = _cifar_stem(net, cifar_stem)
+    net.fc = nn.Identity()
+    return net
+
+
+def _cifar_stem(net: nn.Module, cifar_stem: bool) -> nn.Module:
+    """A torchvision or timm ResNet with, when asked, the CIFAR stem: conv1 3x3 stride 1 and no max-pool."""
     if cifar_stem:
         net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
     return net
 
 
@@ -161,11 +163,7 @@ def timm_resnet(depth: int = 18, cifar_stem: bool = False) -> nn.Module:
         import timm
     except ImportError:
         raise SelfSupError("timm is not installed; pip install timm (or export --format torchvision)") from None
-    net = timm.create_model(f"resnet{depth}", pretrained=False, num_classes=0)
-    if cifar_stem:
-        net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    return net
+    return _cifar_stem(timm.create_model(f"resnet{depth}", pretrained=False, num_classes=0), cifar_stem)
 
 
 class AlexNetSmall(StagedBackbone):

@@ -112,7 +112,6 @@ class DeepCluster(PseudoLabelMethod):
                                 seed, self.cfg.backend)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
-        self.check_samples(ctx.images)
         self.recluster(ctx.images, ctx.seed * 1000 + ctx.epoch)
         # Cluster ids are arbitrary after each clustering: start the classifier (and its momentum) afresh, from a
         # generator seeded by the epoch, so every process draws the same new weights.

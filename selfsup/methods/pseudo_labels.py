@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.errors import SelfSupError
 from selfsup.methods.base import Batch, Method
 
 
@@ -42,12 +41,6 @@ class PseudoLabelMethod(Method):
         targets = self.labels[:, index]
         return torch.stack([F.cross_entropy(logits[:, t], targets[t], ignore_index=-1)
                             for t in range(self.num_heads)]).mean()
-
-    def check_samples(self, images: torch.Tensor) -> None:
-        """A one-line error when the data is not the one the labels were made for."""
-        if len(images) != self.labels.shape[1]:
-            raise SelfSupError(f"{type(self).__name__} was built for {self.labels.shape[1]} samples but the data has "
-                               f"{len(images)}")
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"loss": self.label_loss(self.logits(self.view(batch)).float(), batch.index)}

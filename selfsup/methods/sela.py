@@ -75,7 +75,6 @@ class SeLa(PseudoLabelMethod):
             self.labels[t] = gather_shards(q.argmax(1), len(images))
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
-        self.check_samples(ctx.images)
         if ctx.epoch in label_schedule(ctx.epochs, self.cfg.label_steps, self.cfg.spacing):
             self.relabel(ctx.images)
 
