@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,26 @@ _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0
 @dataclass
 class AugmentConfig:
     """Every knob of the batched augmentation; ranges are (low, high)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "size": "[1, inf)",
+        "crop_scale": "(0, 1] ordered",
+        "crop_ratio": "(0, inf) ordered",
+        "flip_p": "[0, 1]",
+        "rotation": "[0, 180]",  # 180 already reaches every angle
+        "shear": "[0, 90)",  # tan(90 degrees) is infinite
+        "translate": "[0, 1]",
+        "jitter_p": "[0, 1]",
+        "brightness": "[0, inf)",
+        "contrast": "[0, inf)",
+        "saturation": "[0, inf)",
+        "hue": "[0, 0.5]",
+        "grayscale_p": "[0, 1]",
+        "blur_p": "[0, 1]",
+        "blur_sigma": "[0, inf) ordered",
+        "solarize_p": "[0, 1]",
+        "solarize_threshold": "[0, 1]",
+    }
 
     size: int = 32
     crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the source image

@@ -15,8 +15,8 @@ _python_showwarning = warnings.showwarning
 
 
 def _pretrain(args) -> None:
-    from selfsup.config import apply_overrides, load_config, load_run_config
-    from selfsup.engine import pretrain
+    from selfsup.config import apply_overrides, load_config
+    from selfsup.engine import pretrain, resume_config
 
     out = Path(args.out) if args.out else None
     if args.recipe and "=" in args.recipe and not Path(args.recipe).is_file():
@@ -24,10 +24,7 @@ def _pretrain(args) -> None:
     if args.resume:
         if out is None:
             raise SelfSupError("--resume needs --out RUN_DIR (the run to continue)")
-        saved = out / "config.yaml"
-        if not saved.is_file():
-            raise SelfSupError(f"cannot resume: {saved} does not exist")
-        cfg = apply_overrides(load_run_config(saved), args.overrides)
+        cfg = apply_overrides(resume_config(out), args.overrides)
     else:
         if args.recipe is None and not args.overrides:
             raise SelfSupError("give a recipe, e.g. selfsup pretrain recipes/simclr_cifar10.yaml "
@@ -130,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=50 optim.lr=0.3")
     pt.add_argument("--out", "-o", help="run directory (default runs/<recipe name>)")
     pt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    pt.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    pt.add_argument("--force", action="store_true",
+                    help="replace an existing run (the old one is moved aside until the new one has a checkpoint)")
     pt.add_argument("--download", action="store_true", help="download the dataset if it is missing")
     pt.add_argument("--imbalance", choices=["light", "heavy"],
                     help="train on an imbalanced subset of a labelled source (class c keeps 100%% falling linearly to "

@@ -13,12 +13,14 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
+import re
 import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -27,10 +29,17 @@ from selfsup.errors import SelfSupError
 
 IN_MEMORY = "memory"  # data.source of a run given its images as an array (selfsup.fit)
 
+# Every config dataclass states the allowed values of its numeric keys in a class attribute
+#     RANGES: ClassVar[dict[str, str]] = {"lr": "[0, inf)", "dropout": "[0, 1)", "crop_scale": "(0, 1] ordered"}
+# an interval, checked on the value (on each element of a tuple or list; None, "not set", is never checked), and
+# "ordered" for a (low, high) pair that must have low <= high. check_config enforces them for every section.
+
 
 @dataclass
 class DataConfig:
     """What to train on."""
+
+    RANGES: ClassVar[dict[str, str]] = {"size": "[1, inf)", "samples_per_epoch": "[1, inf)", "num_images": "[1, inf)"}
 
     source: str = "folder:../shared/data/cifar10-jpeg.tar.gz"
     split: str = "train"
@@ -51,6 +60,8 @@ class DataConfig:
 class ModelConfig:
     """The backbone."""
 
+    RANGES: ClassVar[dict[str, str]] = {"input_size": "[1, inf)", "dropout": "[0, 1)", "width": "(0, inf)"}
+
     backbone: str = "resnet18"
     cifar_stem: bool = True
     input_size: int = 32
@@ -62,6 +73,18 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     """Optimizer and schedule: linear warm-up, then cosine to min_lr or steps. lr is used as given (never rescaled)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "betas": "[0, 1)",
+        "lr": "[0, inf)",  # 0 is allowed: a run that moves no weight (throughput, a pipeline check) is a real use
+        "step_epochs": "[0, inf)",
+        "gamma": "(0, inf)",
+        "momentum": "[0, 1)",
+        "weight_decay": "[0, inf)",
+        "warmup_epochs": "[0, inf)",
+        "min_lr": "[0, inf)",
+        "lars_eta": "(0, inf)",
+    }
 
     name: str = "sgd"  # sgd | lars | adam
     betas: tuple[float, float] = (0.9, 0.999)  # adam
@@ -82,6 +105,19 @@ class OptimConfig:
 class EvalConfig:
     """kNN monitor and probes: a labelled source with train/test splits."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "size": "[1, inf)",
+        "knn_k": "[1, inf)",
+        "knn_t": "(0, inf)",
+        "knn_every": "[0, inf)",
+        "probe_dims": "[1, inf)",
+        "probe_epochs": "[1, inf)",
+        "probe_lr": "(0, inf)",
+        "probe_weight_decay": "[0, inf)",
+        "probe_batch_size": "[1, inf)",
+        "batch_size": "[1, inf)",
+    }
+
     source: str | None = None  # default: the training source when it has labels
     train_split: str = "train"
     test_split: str = "test"
@@ -101,6 +137,14 @@ class EvalConfig:
 @dataclass
 class Config:
     """One run: the common sections, and the section of its method (see the module docstring)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "epochs": "[1, inf)",
+        "batch_size": "[1, inf)",
+        "seed": "[0, inf)",  # numpy's generators (data.num_images, data.imbalance) take no negative seed
+        "log_every": "[1, inf)",
+        "max_minutes": "[0, inf)",  # 0: stop after the first epoch (then --resume), a documented use
+    }
 
     method: str = "simclr"
     imports: list[str] = field(default_factory=list)  # modules (or .py files) imported first: your own methods
@@ -142,6 +186,23 @@ class Config:
         return self.section(name)
 
 
+# A decimal number with an optional exponent. PyYAML follows YAML 1.1, where a float needs a dot and a signed
+# exponent, so 1e6, 1e-3 and 1.0e6 arrive as strings; nan, inf and 1_000 are left out on purpose.
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _number(value) -> float | None:
+    """value as a float when it is a number or a string written as one (1e6, -2e+5), else None."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float
+            return math.inf
+    return None
+
+
 def _coerce(value, tp, where: str):
     """Check/convert a YAML value to the dataclass field's type."""
     origin = typing.get_origin(tp)
@@ -149,9 +210,10 @@ def _coerce(value, tp, where: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        kinds = [arg for arg in args if arg is not type(None)]
+        if len(kinds) == 1:  # X | None: X's own message says more than the union's
+            return _coerce(value, kinds[0], where)
+        for arg in kinds:
             try:
                 return _coerce(value, arg, where)
             except SelfSupError:
@@ -170,13 +232,21 @@ def _coerce(value, tp, where: str):
             return value
         raise SelfSupError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
+        # Integer keys stay strict: YAML reads 50000 and 50_000 as ints, and a float (or 5e4, which YAML 1.1 leaves
+        # a string) in a count is more likely a slip than an integer in disguise, so it is an error that says what
+        # to write instead of a silent conversion.
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise SelfSupError(f"{where}: expected an integer, got {value!r}")
+        number = _number(value)
+        hint = f"; write it out: {int(number)}" if number is not None and number.is_integer() else ""
+        raise SelfSupError(f"{where}: expected an integer, got {value!r}{hint}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise SelfSupError(f"{where}: expected a number, got {value!r}")
+        number = _number(value)
+        if number is None:
+            raise SelfSupError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise SelfSupError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -274,7 +344,9 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
     """Apply `key=value` overrides to an existing config (e.g. one loaded from a run)."""
-    return _merge(cfg, parse_overrides(pairs))
+    _merge(cfg, parse_overrides(pairs))
+    check_config(cfg)
+    return cfg
 
 
 def read_yaml(path: str | Path, what: str = "recipe", example: str = "recipes/simclr_cifar10.yaml") -> dict:
@@ -283,7 +355,13 @@ def read_yaml(path: str | Path, what: str = "recipe", example: str = "recipes/si
     if not path.is_file():
         raise SelfSupError(f"{what} {path} does not exist; give a YAML file such as {example}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        # utf-8-sig: YAML is UTF-8 whatever the locale says, and editors on Windows may start it with a BOM.
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as e:
+        raise SelfSupError(f"{what} {path} is not UTF-8 text (byte {e.start} cannot be read); "
+                           "save it as UTF-8") from None
+    except OSError as e:
+        raise SelfSupError(f"{what} {path} cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise SelfSupError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -293,7 +371,9 @@ def read_yaml(path: str | Path, what: str = "recipe", example: str = "recipes/si
 
 def update_config(cfg: Config, updates: dict) -> Config:
     """Merge a nested dict of config keys into cfg (checked and coerced like a recipe)."""
-    return _merge(cfg, updates)
+    _merge(cfg, updates)
+    check_config(cfg)
+    return cfg
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
@@ -303,7 +383,71 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | 
         _merge(cfg, read_yaml(recipe, "recipe", "recipes/simclr_cifar10.yaml"))
     if overrides:
         _merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    # Checked once, after the overrides: a recipe's value may be out of range only until an override fixes it.
+    check_config(cfg)
     return cfg
+
+
+_INTERVAL = re.compile(r"([\[(])\s*([-+\w.]+)\s*,\s*([-+\w.]+)\s*([\])])(\s+ordered)?")
+
+
+def _interval_text(spec: str) -> tuple[str, float, float, bool, bool, bool]:
+    """A RANGES spec -> (how to say it, low, high, low included, high included, ordered pair)."""
+    m = _INTERVAL.fullmatch(spec.strip())
+    if m is None:
+        raise ValueError(f"range {spec!r} must look like [0, 1), (0, inf) or (0, 1] ordered")
+    lo_text, hi_text = m[2], m[3]
+    lo, hi, lo_in, hi_in = float(lo_text), float(hi_text), m[1] == "[", m[4] == "]"
+    if math.isinf(hi) and math.isinf(lo):
+        text = "a finite number"
+    elif math.isinf(hi):
+        text = f"at least {lo_text}" if lo_in else ("positive" if lo == 0 else f"greater than {lo_text}")
+    else:
+        text = f"in {m[1]}{lo_text}, {hi_text}{m[4]}"
+    return text, lo, hi, lo_in, hi_in, m[5] is not None
+
+
+def _shown(value) -> str:
+    return f"[{', '.join(_shown(v) for v in value)}]" if isinstance(value, (list, tuple)) else repr(value)
+
+
+def _check_section(obj, prefix: str) -> None:
+    """Every numeric key of a config section finite and inside its RANGES; nested sections too."""
+    ranges = getattr(type(obj), "RANGES", {})
+    names = {f.name for f in _fields(obj)}
+    if set(ranges) - names:  # a typo in a RANGES table would otherwise leave its key unchecked
+        raise TypeError(f"{type(obj).__name__}.RANGES names {sorted(set(ranges) - names)}, which are not its fields")
+    for f in _fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_section(value, key + ".")
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SelfSupError(f"{key} must be a finite number, got {_shown(value)}")
+        if value is None or f.name not in ranges:
+            continue
+        text, lo, hi, lo_in, hi_in, ordered = _interval_text(ranges[f.name])
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SelfSupError(f"{key} must be a number ({text}), got {_shown(value)}")
+            if not ((lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)):
+                raise SelfSupError(f"{key} must be {text}, got {_shown(value)}")
+        if ordered and len(items) == 2 and items[0] > items[1]:
+            raise SelfSupError(f"{key} is a range (low, high) and needs low <= high, got {_shown(value)}")
+
+
+def check_config(cfg: Config) -> None:
+    """Check every value of cfg against its section's RANGES (the common sections and each method section held):
+    a one-line error naming the key, the value and what is allowed."""
+    _check_section(cfg, "")
+    for name, section in cfg.method_sections.items():
+        _check_section(section, f"{name}.")
+    from selfsup.nets import CUSTOM, check_backbone
+
+    if cfg.model.backbone != CUSTOM:  # custom: a run's module given to selfsup.fit, loaded back with the module
+        check_backbone(cfg.model.backbone)
 
 
 def upgrade_saved(saved: dict) -> dict:
@@ -316,6 +460,8 @@ def upgrade_saved(saved: dict) -> dict:
     if cls is not None:
         saved = cls.upgrade_config(dict(saved))
     data = {k: v for k, v in (saved.get("data") or {}).items() if k != "labels_file"}  # now supervised.labels_file
+    if data.get("num_images") == 0:  # earlier versions took 0 for "not set"; it is out of range now
+        data["num_images"] = None
     return {**saved, "data": data}
 
 
@@ -398,6 +544,6 @@ def resolved_yaml(recipe: str | None, overrides: list[str]) -> str:
 
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "EvalConfig", "IN_MEMORY", "load_config",
-           "apply_overrides", "update_config", "parse_overrides", "read_yaml", "config_to_dict", "save_config",
-           "load_run_config", "upgrade_saved", "config_keys", "section_keys", "import_modules", "keys_table",
-           "resolved_yaml"]
+           "apply_overrides", "update_config", "check_config", "parse_overrides", "read_yaml", "config_to_dict",
+           "save_config", "load_run_config", "upgrade_saved", "config_keys", "section_keys", "import_modules",
+           "keys_table", "resolved_yaml"]

@@ -251,6 +251,13 @@ ALIASES = {"64c5-64c5-128f": "exemplar_small", "64c5-128c5-256c5-512f": "exempla
 BACKBONES = ("resnet18", "resnet50", "alexnet_small", "nin", *EXEMPLAR_NETS)
 
 
+def check_backbone(name: str) -> None:
+    """A one-line error naming model.backbone and the valid names, unless build_backbone knows `name`."""
+    if ALIASES.get(name, name) not in BACKBONES:
+        raise SelfSupError(f"model.backbone: unknown backbone {name!r}; use one of {', '.join(BACKBONES)} or "
+                           f"{', '.join(k for k in ALIASES if 'c5' in k)}")
+
+
 def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0,
                    width: float = 1.0) -> Backbone:
     """Build a backbone by name: resnet18, resnet50, alexnet_small, nin, exemplar_small/medium/large (or 64c5-...).
@@ -262,6 +269,7 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
         >>> net(torch.zeros(2, 3, 32, 32)).shape, net.taps
         (torch.Size([2, 512]), ['conv1', 'layer1', 'layer2', 'layer3', 'layer4'])
     """
+    check_backbone(name)  # first: an unknown name is the problem, not the width it is given
     key = ALIASES.get(name, name)
     if width != 1.0 and key != "alexnet_small":
         raise SelfSupError(f"model.width applies to alexnet_small only, not {name!r}")
@@ -271,12 +279,9 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
         net = AlexNetSmall(bn, width)
     elif key == "nin":
         net = NIN(4, bn)
-    elif key in EXEMPLAR_NETS:
+    else:
         widths, fc = EXEMPLAR_NETS[key]
         net = ExemplarNet(widths, fc, input_size, bn, dropout)
-    else:
-        raise SelfSupError(f"unknown backbone {name!r}; use one of {', '.join(BACKBONES)} or "
-                           f"{', '.join(k for k in ALIASES if 'c5' in k)}")
     net.model_config = ModelConfig(name, cifar_stem, input_size, bn, dropout, width)
     return net
 
@@ -398,4 +403,4 @@ def model_config_of(backbone: Backbone) -> ModelConfig:
 
 __all__ = ["Backbone", "StagedBackbone", "ResNet", "AlexNetSmall", "ExemplarNet", "NIN", "Wrapped", "build_backbone",
            "backbone_from", "wrap", "as_backbone", "eval_mode", "torchvision_resnet", "timm_resnet", "BACKBONES",
-           "model_config_of", "CUSTOM"]
+           "model_config_of", "CUSTOM", "check_backbone"]

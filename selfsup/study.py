@@ -33,7 +33,8 @@ import torch
 from selfsup.augmentation import normalize, synthesize
 from selfsup.config import Config, config_to_dict, load_config, load_run_config, read_yaml, update_config
 from selfsup.distributed import pick_device
-from selfsup.engine import CHECKPOINT, load_checkpoint, load_run, pretrain, read_metrics, source_images
+from selfsup.engine import RunLock, load_checkpoint, load_run, pretrain, read_metrics, source_images
+from selfsup.engine.checkpoint import has_checkpoint
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
 from selfsup.methods import METHODS
@@ -157,9 +158,15 @@ def _random_backbone(cfg: Config) -> Backbone:
 
 
 def run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bool, progress: bool = True) -> dict:
-    """Train (or resume) the cell's run, probe every layer, save probes.json; reuse a finished cell."""
+    """Train (or resume) the cell's run, probe every layer, save probes.json; reuse a finished cell. The cell's
+    directory is locked throughout, so two studies on one folder never write the same cell."""
+    with RunLock(cell_dir):
+        return _run_cell(cell, cell_dir, splits, device, force, progress)
+
+
+def _run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: bool, progress: bool) -> dict:
     saved, cfg = cell_dir / PROBES, cell.config
-    run = load_checkpoint(cell_dir) if (cell_dir / CHECKPOINT).is_file() and not force else None
+    run = load_checkpoint(cell_dir) if has_checkpoint(cell_dir) and not force else None
     if not force:
         if saved.is_file():
             result = json.loads(saved.read_text())

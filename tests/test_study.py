@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
+from selfsup.engine import load_checkpoint, save_checkpoint
 from selfsup.errors import SelfSupError
 from selfsup.study import make_study, run_study, source_slug, write_study_report
 
@@ -73,9 +73,9 @@ def test_interrupted_cell_resumes_and_other_configs_need_force(tmp_path):
         run_study(two_epochs, tmp_path, progress=False)  # a finished 1-epoch run is not silently replaced
     # As if the cell had been started with 2 epochs and stopped after the first: its checkpoint says so.
     (cell / "probes.json").unlink()
-    state = torch.load(cell / "checkpoint.pt", weights_only=True)
+    state = load_checkpoint(cell)
     state["config"]["epochs"] = 2
-    torch.save(state, cell / "checkpoint.pt")
+    save_checkpoint(cell, state)
     result = run_study(two_epochs, tmp_path, progress=False)["rotnet__astronaut"]
     epochs = [json.loads(line)["epoch"] for line in (cell / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2] and result["epochs"] == 2  # continued from epoch 1, not restarted

@@ -8,14 +8,16 @@ checksums); torchvision's downloader fetches the archives when the user passes -
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -171,8 +173,8 @@ def _cifar(arg: str, split: str, root: Path, download: bool, size: int | None, h
                    else [str(i) for i in range(max(labels) + 1)])
         return np.concatenate(images), np.asarray(labels, dtype=np.int64), classes
 
-    return ImageArray(name, *cached_arrays(name + "-" + split, cache_key(folder.resolve(), split, _stat(folder)),
-                                           decode))
+    key = cache_key(folder.resolve(), split, _file_stamps(folder, files + [meta_file]))
+    return ImageArray(name, *cached_arrays(name + "-" + split, key, decode))
 
 
 def _stl10(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
@@ -204,8 +206,9 @@ def _stl10(arg: str, split: str, root: Path, download: bool, size: int | None) -
         labels = np.concatenate(ys)
         return np.concatenate(xs), (None if split == "unlabeled" else labels), classes
 
-    return ImageArray("stl10", *cached_arrays("stl10-" + split.replace("+", "_"),
-                                              cache_key(folder.resolve(), split, _stat(folder)), decode))
+    read = [f"{p}_X.bin" for p in split.split("+")] + [f"{p}_y.bin" for p in split.split("+") if p != "unlabeled"]
+    key = cache_key(folder.resolve(), split, _file_stamps(folder, read + ["class_names.txt"]))
+    return ImageArray("stl10", *cached_arrays("stl10-" + split.replace("+", "_"), key, decode))
 
 
 def stl10_folds(root: str | None = None) -> list[np.ndarray]:
@@ -231,22 +234,99 @@ def _svhn(arg: str, split: str, root: Path, download: bool, size: int | None) ->
         # Digit 0 is stored as label 10.
         return x.transpose(3, 0, 1, 2), np.asarray(y, dtype=np.int64).reshape(-1) % 10, [str(i) for i in range(10)]
 
-    return ImageArray("svhn", *cached_arrays("svhn-" + split, cache_key(path.resolve(), _stat(path)), decode))
+    key = cache_key(path.resolve(), _file_stamps(path.parent, [path.name]))
+    return ImageArray("svhn", *cached_arrays("svhn-" + split, key, decode))
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """Size, mtime, ctime and inode: what tells a file's content changed without reading it."""
+    # mtime alone misses a replacement whose mtime was set back (os.utime, cp -p, rsync -t, tar x); ctime cannot be
+    # set by users and moves on every write and utime, and a replacement by rename brings a new inode.
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def _file_stamps(folder: Path, names: list[str]) -> list[tuple[str, tuple[int, int, int, int] | None]]:
+    """The stamp of each named file in a folder (None for an absent one: it is reported when decoding needs it)."""
+    stamps = []
+    for name in names:
+        try:
+            stamps.append((name, _stamp((folder / name).stat())))
+        except FileNotFoundError:
+            stamps.append((name, None))
+        except OSError as e:
+            raise _unreadable(str(folder / name), e) from None
+    return stamps
+
+
+def _stat_given(path: Path, what: str, missing: str) -> os.stat_result:
+    """stat() a path the user gave; missing, a broken or looping link, or unreadable is a one-line error."""
+    try:
+        return path.stat()
+    except OSError as e:
+        if e.errno == errno.ENOENT and not path.is_symlink():
+            raise SelfSupError(missing) from None
+        raise _unreadable(f"{what} {path}", e) from None
+
+
+def _unreadable(where: str, e: OSError) -> SelfSupError:
+    """The one-line error for a file that cannot be opened, naming it and what to do."""
+    if e.errno == errno.ELOOP:
+        return SelfSupError(f"{where} is a symlink loop (it never reaches a file); remove it or fix the link")
+    if e.errno == errno.ENOENT:
+        return SelfSupError(f"{where} is a broken symlink (its target does not exist); remove it or fix the link")
+    return SelfSupError(f"cannot read {where}: {e.strerror or e}; fix its permissions or remove it")
 
 
 # --------------------------------------------------------------------------- image folders
 
-def _iter_folder(path: Path) -> Iterator[tuple[PurePosixPath, callable]]:
-    """Yield (relative path, opener) for every image file in a folder or a tar archive, without extracting."""
+def _scan_folder(path: Path) -> list[tuple[str, str, os.stat_result]]:
+    """Every image file under a folder as (relative posix path, full path, stat), sorted by path parts, one stat each.
+
+    Symlinked files are followed (their target is stat'ed), symlinked folders are not entered, as rglob did. A link
+    that leads nowhere (a loop, a missing target) or a folder that cannot be listed is a one-line error.
+    """
+    found = []
+
+    def walk(folder: str, rel: tuple[str, ...]) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            raise _unreadable(f"folder {folder}", e) from None
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                walk(entry.path, rel + (entry.name,))
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                try:
+                    st = entry.stat()
+                except OSError as e:
+                    raise _unreadable(f"image {entry.path}", e) from None
+                if stat.S_ISREG(st.st_mode):
+                    found.append((rel + (entry.name,), entry.path, st))
+
+    walk(str(path), ())
+    # Sorted by parts, as sorted(rglob()) did: 'a/x.png' before 'a-b/x.png', which a plain string sort reverses.
+    # Plain strings, not PurePosixPath, on this path: for 50,000 files building those took 0.16 s more.
+    found.sort(key=lambda f: f[0])
+    return [("/".join(parts), full, st) for parts, full, st in found]
+
+
+def _reader(full: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            with open(full, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise _unreadable(f"image {full}", e) from None
+    return read
+
+
+def _iter_folder(path: Path, scan: list[tuple[str, str, os.stat_result]] | None = None
+                 ) -> Iterator[tuple[PurePosixPath, Callable[[], bytes]]]:
+    """Yield (relative path, opener) for every image file in a folder (as listed by `scan`) or a tar archive."""
     if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-                yield PurePosixPath(p.relative_to(path).as_posix()), p.read_bytes
+        for rel, full, _ in _scan_folder(path) if scan is None else scan:
+            yield PurePosixPath(rel), _reader(full)
         return
     try:
         archive = tarfile.open(path, "r:*")
@@ -281,10 +361,31 @@ def _folder_layout(paths: list[PurePosixPath]) -> tuple[list[PurePosixPath], dic
     return paths, splits
 
 
+SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb(img: Image.Image, where: str) -> Image.Image:
+    """8-bit RGB from any Pillow mode, scaling 16-bit grey down instead of clipping it.
+
+    Pillow's convert('RGB') clips 16-bit grey (PNG opens as I;16; 16-bit PGM as I, rescaled by Pillow to 0..65535
+    whatever its maxval) at 255: 99.6% of a 0..65535 gradient came out white. 16-bit RGB/RGBA/grey+alpha PNGs are
+    already read as 8 bits by Pillow, keeping the high byte; grey keeps the high byte too, so every 8-bit level
+    covers 256 of the 65536 values, and grey and colour 16-bit files agree.
+    """
+    if img.mode in SIXTEEN_BIT_GREY:
+        grey = np.asarray(img)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise SelfSupError(f"image {where} holds 32-bit integer pixels (range {grey.min()}..{grey.max()}); "
+                               "convert it to 8 or 16 bits")
+        return Image.fromarray((grey.astype(np.uint32) >> 8).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
 def _decode_image(data: bytes, where: str, size: int | None) -> np.ndarray:
     try:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("RGB")
+        img = _to_rgb(Image.open(io.BytesIO(data)), where)
+    except SelfSupError:
+        raise
     except Exception as e:  # noqa: BLE001 — PIL raises many types for a bad file
         raise SelfSupError(f"cannot read image {where}: {e}; remove or replace the file") from None
     if size:
@@ -303,11 +404,21 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def _folder(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
     path = Path(arg).expanduser()
-    if not path.exists():
-        raise SelfSupError(f"image folder {path} does not exist; give an existing folder or .tar/.tar.gz of images")
+    _stat_given(path, "image folder",
+                f"image folder {path} does not exist; give an existing folder or .tar/.tar.gz of images")
+    # The key lists every image's relative path and stamp, so a file moved between class folders, added, removed
+    # or replaced (even with its mtime set back) misses the cache; the decoder reads exactly this listing. The stat
+    # comes before the read, so a file changed mid-decode makes the next load miss instead of hiding the change.
+    # Cost on a cache hit, 50,000 files in 10 folders, page cache warm, best of 5 on a busy 2-core machine: scan
+    # 0.36 s + stamps and key 0.15 s, against 0.22 s for the old count-and-newest-mtime walk (a decode takes minutes).
+    scan = _scan_folder(path) if path.is_dir() else None
+    if scan is None:
+        stamp = _file_stamps(path.parent, [path.name])
+    else:
+        stamp = [(rel, *_stamp(st)) for rel, _, st in scan]
 
     def decode():
-        entries = list(_iter_folder(path))
+        entries = list(_iter_folder(path, scan))
         if not entries:
             raise SelfSupError(f"no images found in {path}; "
                                f"it must hold image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -337,18 +448,8 @@ def _folder(arg: str, split: str, root: Path, download: bool, size: int | None) 
                                "pass data.size=N to resize them")
         return np.stack(images), (np.asarray(labels, dtype=np.int64) if labelled else None), classes
 
-    key = cache_key(path.resolve(), split, size, _stat(path) if path.is_file() else _dir_stamp(path))
+    key = cache_key(path.resolve(), split, size, stamp)
     return ImageArray(f"folder:{path.name}", *cached_arrays("folder-" + split, key, decode))
-
-
-def _dir_stamp(path: Path) -> tuple[int, int]:
-    """Cheap fingerprint of a folder: file count and newest mtime, so edits re-decode."""
-    count, newest = 0, 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            count += 1
-            newest = max(newest, os.stat(os.path.join(dirpath, f)).st_mtime_ns)
-    return count, newest
 
 
 # --------------------------------------------------------------------------- one image, digits
@@ -374,9 +475,13 @@ def load_image(arg: str) -> np.ndarray:
             img = np.repeat(img[..., None], 3, axis=2)
         return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
     path = Path(arg).expanduser()
-    if not path.is_file():
-        raise SelfSupError(f"image {path} does not exist; give an image file or skimage/NAME (e.g. skimage/astronaut)")
-    return _decode_image(path.read_bytes(), str(path), None)
+    st = _stat_given(path, "image",
+                     f"image {path} does not exist; give an image file or skimage/NAME (e.g. skimage/astronaut)")
+    if stat.S_ISDIR(st.st_mode):
+        raise SelfSupError(f"image {path} is a folder; use folder:{path} to load the images in it")
+    if not stat.S_ISREG(st.st_mode):
+        raise SelfSupError(f"image {path} is not a regular file; give an image file")
+    return _decode_image(_reader(str(path))(), str(path), None)
 
 
 def _image(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:

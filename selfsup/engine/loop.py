@@ -13,6 +13,8 @@ set up the model (device, memory format, optimizer, resumed state, DDP), then pe
 from __future__ import annotations
 
 import copy
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +25,22 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from selfsup.augmentation import synthesize
-from selfsup.config import Config, config_to_dict, load_run_config, save_config
+from selfsup.config import Config, check_config, config_to_dict, load_run_config, save_config
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.engine.checkpoint import (
-    CHECKPOINT,
     CONFIG,
     append_metrics,
     check_run_dir,
-    create_run_dir,
+    has_checkpoint,
     load_checkpoint,
-    save_atomic,
+    move_aside,
+    read_metrics,
+    restore_aside,
+    save_checkpoint,
+    write_metrics,
 )
 from selfsup.engine.data import source_images, training_data
+from selfsup.engine.lock import RunLock
 from selfsup.engine.optim import Schedule, build_optimizer
 from selfsup.errors import SelfSupError, warn
 from selfsup.eval import eval_splits, run_knn
@@ -54,6 +60,11 @@ class Run:
     progress: bool
     writer: object | None = None
     started: float = field(default_factory=time.time)
+    lock: RunLock | None = None  # held by the process that writes the run directory
+    aside: Path | None = None  # the old run --force moved aside, deleted once this run has a checkpoint
+    saved_epoch: int | None = None  # the epoch of the newest checkpoint of this run (None: none written)
+    history: list[dict] = field(default_factory=list)  # every epoch's metrics line, kept in the checkpoint too
+    config_saved: bool = False  # config.yaml written (on resume: only after an epoch succeeded with the config)
 
     @property
     def device(self) -> torch.device:
@@ -68,6 +79,19 @@ class Run:
     def bf16(self) -> bool:
         p = self.cfg.precision
         return p == "bf16" or (p == "auto" and self.device.type == "cuda")
+
+    def kept(self) -> str:
+        """What a stopped run leaves to resume from (for the stop message)."""
+        if self.out is None:
+            return "nothing was saved (no run directory)"
+        if self.saved_epoch:
+            return f"the last good checkpoint (epoch {self.saved_epoch}) is kept in {self.out}"
+        return "no checkpoint was written"
+
+    def note(self, message: str) -> None:
+        """A line for the user on stderr (rank 0, when progress is shown)."""
+        if self.progress:
+            tqdm.write(message, file=sys.stderr)
 
 
 @dataclass
@@ -102,11 +126,49 @@ def unwrap(model: torch.nn.Module) -> Method:
 # ------------------------------------------------------------------------------------------------ open the run
 
 
+def _data_paths(cfg: Config) -> list[Path]:
+    """The local files and folders the run reads its data from (which --force must never delete)."""
+    paths = []
+    for spec, root in ((cfg.data.source, cfg.data.root), (cfg.eval.source, cfg.eval.root)):
+        arg = (spec or "").partition(":")[2]
+        for candidate in (arg, root):
+            if candidate and Path(candidate).expanduser().exists():
+                paths.append(Path(candidate).expanduser())
+    return paths
+
+
+def _take_lock(out: Path, info: DistInfo) -> RunLock | None:
+    """Rank 0 takes the run's lock; under torchrun every rank learns whether it did, so all stop together."""
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = RunLock(out).acquire()
+        except SelfSupError as e:
+            error = e
+    if info.enabled:
+        flag = torch.tensor(float(error is not None), device=info.device)
+        dist.broadcast(flag, 0)
+        if flag.item() and error is None:
+            raise SelfSupError(f"rank 0 could not take the lock of run directory {out} (its error says why)")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _drop_lock(lock: RunLock | None) -> None:
+    """Free the lock, and remove the directory it made when nothing else was written into it."""
+    if lock is None:
+        return
+    lock.release()
+    if lock.created_dir and lock.dir.is_dir() and not any(lock.dir.iterdir()):
+        lock.dir.rmdir()
+
+
 def open_run(cfg: Config, out: str | Path | None, resume: bool, force: bool, progress: bool) -> Run:
-    """Check the config and the run directory (nothing is written yet) and join the processes under torchrun."""
+    """Check the config and the run directory, join the processes under torchrun, and take the run's lock (nothing
+    but the lock is written yet)."""
     out = Path(out) if out is not None else None
-    if cfg.epochs < 1:
-        raise SelfSupError(f"epochs must be at least 1, got {cfg.epochs}")
+    check_config(cfg)
     if resume and out is None:
         raise SelfSupError("resume needs the run directory (out=...) to continue from")
     Schedule(cfg.optim, cfg.epochs, 1)  # checks optim.schedule
@@ -115,14 +177,19 @@ def open_run(cfg: Config, out: str | Path | None, resume: bool, force: bool, pro
         raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
     if cfg.sync_bn and info.device.type != "cuda":
         raise SelfSupError("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); unset it for gloo runs")
+    lock = _take_lock(out, info) if out is not None else None
     if out is not None:
-        check_run_dir(out, resume, force)  # every process checks, so all raise the same error
+        try:
+            check_run_dir(out, resume, force, _data_paths(cfg))  # every process checks, so all raise the same error
+        except BaseException:
+            _drop_lock(lock)
+            raise
     if not resume and cfg.optim.warmup_epochs >= cfg.epochs:
         warn(f"optim.warmup_epochs ({cfg.optim.warmup_epochs:g}) >= epochs ({cfg.epochs}): the whole run warms up and "
              f"never reaches optim.lr; lower optim.warmup_epochs")
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return Run(cfg, out, info, resume, progress and info.is_main)
+    return Run(cfg, out, info, resume, progress and info.is_main, lock=lock)
 
 
 # ---------------------------------------------------------------------------------- prepare the data and method
@@ -173,8 +240,11 @@ def prepare(method: Method | None, data, run: Run) -> tuple[Method, TrainData]:
     if per_epoch < cfg.batch_size:
         raise SelfSupError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} samples per epoch; lower it or "
                            "set data.samples_per_epoch")
-    if run.writes:
-        create_run_dir(run.out, run.resume)
+    if run.writes and not run.resume:
+        run.aside = move_aside(run.out)  # --force: the old run stays until this one has written a checkpoint
+        if run.aside is not None:
+            run.note(f"selfsup: the old run in {run.out} is moved to {run.aside} and deleted once this run has "
+                     "written its first checkpoint")
     if run.info.enabled:
         dist.barrier()
     arr = method.prepare_data(arr, RunInfo(run.out, run.resume, run.info.is_main, cfg.seed))
@@ -197,9 +267,18 @@ def setup_model(method: Method, run: Run, data: TrainData) -> tuple[torch.nn.Mod
     start_epoch = 0
     if run.resume:
         ckpt = load_checkpoint(run.out)
-        method.load_state_dict(ckpt["method"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = ckpt["epoch"]
+        try:
+            method.load_state_dict(ckpt["method"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise SelfSupError(f"the checkpoint in {run.out} does not fit the model this config builds "
+                               f"({_first_detail(e)}); resume with the run's own model and method settings") from None
+        start_epoch = run.saved_epoch = ckpt["epoch"]
+        # The history in the checkpoint rewrites metrics.jsonl: a line lost to a kill between checkpoint and metrics
+        # comes back, a partial one goes, and lines of epochs after a fallen-back-to checkpoint go too.
+        run.history = ckpt.get("history") or [m for m in read_metrics(run.out) if m.get("epoch", 0) <= start_epoch]
+        if run.writes:
+            write_metrics(run.out, run.history)
     if cfg.compile:
         method.backbone.compile()  # in place: the checkpoint keeps the backbone's own key names
     model: torch.nn.Module = method
@@ -214,11 +293,20 @@ def setup_model(method: Method, run: Run, data: TrainData) -> tuple[torch.nn.Mod
     return model, optimizer, start_epoch
 
 
+def _first_detail(error: Exception) -> str:
+    """The informative line of a load_state_dict error (its first line only names the module)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__)[:300]
+
+
 def start_logs(run: Run) -> None:
-    """The resolved config.yaml and the TensorBoard writer (rank 0 of a run with a directory)."""
+    """The resolved config.yaml (a resumed run's only after an epoch succeeded with it) and the TensorBoard writer
+    (rank 0 of a run with a directory)."""
     if not run.writes:
         return
-    save_config(run.cfg, run.out / CONFIG)
+    if not run.resume:
+        save_config(run.cfg, run.out / CONFIG)
+        run.config_saved = True
     from torch.utils.tensorboard import SummaryWriter
 
     run.writer = SummaryWriter(str(run.out / "tb"))
@@ -272,10 +360,8 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 bad = flag.bool()
             if bad.item():
-                kept = (f"the last good checkpoint (epoch {epoch}) is kept in {run.out}" if run.out
-                        else "nothing was saved")
                 raise SelfSupError(f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, and "
-                                   f"{kept} — lower optim.lr or check the data")
+                                   f"{run.kept()} — lower optim.lr or check the data")
             if run.writer:
                 for key, value in outputs.items():
                     run.writer.add_scalar(f"train/{key}", float(value.detach()), gstep)
@@ -291,9 +377,27 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
             "images_per_second": round(steps * cfg.batch_size / seconds, 1)}
 
 
+def _nonfinite(method: Method, run: Run) -> str | None:
+    """The first parameter or floating buffer that holds NaN or inf (under torchrun: on any rank), else None."""
+    tensors = [(n, t) for n, t in [*method.named_parameters(), *method.named_buffers()] if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors]).all() if tensors else None
+    flag = torch.zeros((), device=run.device) if finite is None else (~finite).float()
+    if run.info.enabled:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return None
+    return next((n for n, t in tensors if not torch.isfinite(t.detach()).all()), "a parameter on another process")
+
+
 def end_of_epoch(method: Method, optimizer: torch.optim.Optimizer, run: Run, metrics: dict, splits) -> bool:
     """kNN monitor, checkpoint and metrics line after an epoch; True when the time budget says stop here."""
     cfg, epoch = run.cfg, metrics["epoch"]
+    # A finite loss does not make finite weights (lr 1e5: inf batch-norm variances, weights of 1e32): a checkpoint
+    # that is kept as "good" must be checked itself.
+    bad = _nonfinite(method, run)
+    if bad is not None:
+        raise SelfSupError(f"{bad} became NaN or inf in epoch {epoch} (loss {metrics['loss']:.4g}); stopped without "
+                           f"saving it, and {run.kept()} — lower optim.lr or check the data")
     budget_hit = cfg.max_minutes is not None and (time.time() - run.started) / 60 >= cfg.max_minutes
     if run.info.enabled:  # rank 0's clock decides, so all ranks stop after the same epoch
         flag = torch.tensor(float(budget_hit), device=run.device)
@@ -303,8 +407,18 @@ def end_of_epoch(method: Method, optimizer: torch.optim.Optimizer, run: Run, met
     if run.info.is_main and splits and ((cfg.eval.knn_every and epoch % cfg.eval.knn_every == 0) or final):
         metrics["knn_top1"] = round(run_knn(method.backbone, cfg, run.device, splits, method.input_transform), 2)
     if run.writes:
-        save_atomic({"epoch": epoch, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                     "config": config_to_dict(cfg)}, run.out / CHECKPOINT)
+        run.history.append(metrics)
+        # The checkpoint first, with the history: a kill before the metrics line below loses nothing (resume
+        # rewrites metrics.jsonl from it).
+        save_checkpoint(run.out, {"epoch": epoch, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "config": config_to_dict(cfg), "history": run.history})
+        run.saved_epoch = epoch
+        if run.aside is not None:
+            shutil.rmtree(run.aside, ignore_errors=True)
+            run.aside = None
+        if not run.config_saved:
+            save_config(cfg, run.out / CONFIG)
+            run.config_saved = True
         append_metrics(run.out, metrics)
         for key, value in metrics.items():
             if key != "epoch":
@@ -361,24 +475,61 @@ def fit(method: Method | None = None, data=None, cfg: Config | None = None, out:
         >>> selfsup.fit(method, images, selfsup.load_config(overrides={"epochs": 10}), out="runs/mine")
     """
     if cfg is None:
-        cfg = load_run_config(Path(out) / CONFIG) if resume and out is not None else Config()
+        cfg = resume_config(out) if resume and out is not None else Config()
     cfg = copy.deepcopy(cfg)
     run = open_run(cfg, out, resume, force, progress)
-    method, train = prepare(method, data, run)
-    model, optimizer, start_epoch = setup_model(method, run, train)
-    method = unwrap(model)
-    schedule = Schedule(cfg.optim, cfg.epochs, train.steps_per_epoch)
-    # An eval source the user named must load; the training source is only used when it has labelled splits.
-    splits = eval_data or eval_splits(cfg, required=cfg.eval.source is not None)
-    start_logs(run)
-    method.run_config, method.last_metrics = cfg, {}
-    run.started = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        method.last_metrics = train_one_epoch(model, optimizer, schedule, train, run, epoch)
-        if end_of_epoch(method, optimizer, run, method.last_metrics, splits):
-            break
-    finish(method, run, train)
+    try:
+        method, train = prepare(method, data, run)
+        model, optimizer, start_epoch = setup_model(method, run, train)
+        method = unwrap(model)
+        schedule = Schedule(cfg.optim, cfg.epochs, train.steps_per_epoch)
+        # An eval source the user named must load; the training source is only used when it has labelled splits.
+        splits = eval_data or eval_splits(cfg, required=cfg.eval.source is not None)
+        start_logs(run)
+        method.run_config, method.last_metrics = cfg, {}
+        run.started = time.time()
+        for epoch in range(start_epoch, cfg.epochs):
+            method.last_metrics = train_one_epoch(model, optimizer, schedule, train, run, epoch)
+            if end_of_epoch(method, optimizer, run, method.last_metrics, splits):
+                break
+        finish(method, run, train)
+    except BaseException:
+        abort(run)
+        raise
+    _drop_lock(run.lock)
     return method
+
+
+def abort(run: Run) -> None:
+    """After a failure: a run moved aside by --force comes back when the new one wrote no checkpoint; a directory
+    this run made and left empty goes; the lock is freed."""
+    if run.writer:
+        run.writer.close()
+    if run.aside is not None:
+        restore_aside(run.out, run.aside)
+        print(f"selfsup: the new run stopped before its first checkpoint; the old run is back in {run.out}",
+              file=sys.stderr)
+        run.aside = None
+    _drop_lock(run.lock)
+
+
+def resume_config(out: str | Path) -> Config:
+    """The config to resume run `out` with: the one saved in its last good checkpoint. config.yaml is the readable
+    copy; when it is damaged or was edited it is reported and left out (changes go in as key=value overrides)."""
+    out = Path(out)
+    if not has_checkpoint(out):
+        raise SelfSupError(f"cannot resume: no checkpoint in {out}"
+                           + (" (the run stopped before its first epoch ended; start it again with --force)"
+                              if (out / CONFIG).is_file() else ""))
+    cfg = load_run_config(load_checkpoint(out)["config"])
+    try:
+        same = config_to_dict(load_run_config(out / CONFIG)) == config_to_dict(cfg)
+        problem = "differs from the config saved in the checkpoint (edited, or damaged)"
+    except SelfSupError as e:
+        same, problem = False, f"cannot be used ({e})"
+    if not same:
+        warn(f"{out / CONFIG} {problem}; resuming with the checkpoint's config (give changes as key=value overrides)")
+    return cfg
 
 
 def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
@@ -401,10 +552,14 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", random_ini
         torch.manual_seed(cfg.seed)  # as fit does before building the method: random_init is the run's own start
         method = build_method(cfg, cls.state_info(state, cfg))
     if not random_init:
-        method.load_state_dict(state)
+        try:
+            method.load_state_dict(state)
+        except RuntimeError as e:
+            raise SelfSupError(f"the checkpoint in {run_dir} does not fit the model its config builds "
+                               f"({_first_detail(e)})") from None
     method.run_config = cfg
     return method.to(device).eval()
 
 
 __all__ = ["fit", "pretrain", "load_run", "train_one_epoch", "end_of_epoch", "open_run", "prepare", "setup_model",
-           "finish", "Run", "TrainData", "unwrap"]
+           "finish", "abort", "resume_config", "Run", "TrainData", "unwrap"]

@@ -4,7 +4,6 @@ runs: a protocol on a run's frozen backbone, its result appended to the run's ev
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from selfsup.augmentation import normalize
 from selfsup.config import EvalConfig, apply_overrides, load_config
 from selfsup.data import ImageArray
-from selfsup.errors import SelfSupError
+from selfsup.errors import SelfSupError, warn
 from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
 from selfsup.nets import Backbone
 
@@ -76,12 +75,11 @@ def linear_probe(model, train: ImageArray, test: ImageArray, layers: list[str] |
 def _probe_history(run: Path, model_name: str, accs: dict[str, float]) -> dict[str, dict[str, float]]:
     """This probe result beside the run's earlier ones on the same layers (so the report shows both models)."""
     results: dict[str, dict[str, float]] = {}
-    log = run / "eval.jsonl"
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("protocol") == "linear" and list(entry["linear_top1"]) == list(accs):
-                results[entry.get("model", "pretrained")] = entry["linear_top1"]
+    from selfsup.engine.checkpoint import EVAL_LOG, read_jsonl
+
+    for entry in read_jsonl(run / EVAL_LOG):  # a damaged line is skipped (with a warning), never fatal
+        if entry.get("protocol") == "linear" and list(entry.get("linear_top1") or []) == list(accs):
+            results[entry.get("model", "pretrained")] = entry["linear_top1"]
     results[model_name] = accs
     return results
 
@@ -142,9 +140,18 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
         result = {"model": model_name, "linear_top1": {k: round(v, 2) for k, v in accs.items()}}
         write_probe_report(run, _probe_history(run, model_name, accs), title=f"Linear probes: {run.name}",
                            note=f"eval source {cfg.eval.source or cfg.data.source}")
-    with open(run / "eval.jsonl", "a") as f:
-        f.write(json.dumps({"protocol": protocol, **result}) + "\n")
+    _log_result(run, {"protocol": protocol, **result})
     return result
+
+
+def _log_result(run: Path, entry: dict) -> None:
+    """Append a computed result to RUN/eval.jsonl; a file that cannot be written costs a warning, not the result."""
+    from selfsup.engine.checkpoint import EVAL_LOG, append_jsonl
+
+    try:
+        append_jsonl(run / EVAL_LOG, entry)
+    except OSError as e:
+        warn(f"cannot append to {run / EVAL_LOG} ({e.strerror or e}); the result is only printed")
 
 
 def export_labels(run: str | Path, output: str | Path = "labels.csv", device: str = "auto",

@@ -24,6 +24,7 @@ Choices for stable training on CIFAR-size images (documented because the paper l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ from selfsup.nets import eval_mode
 @dataclass
 class BiGANConfig:
     """BiGAN: latent size and the widths of the generator and discriminator."""
+
+    RANGES: ClassVar[dict[str, str]] = {"z_dim": "[1, inf)", "generator_width": "[1, inf)",
+                                        "discriminator_width": "[1, inf)", "reconstruction": "[0, inf)"}
 
     z_dim: int = 128
     generator_width: int = 256

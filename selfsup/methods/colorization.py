@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ AB_RANGE = 110.0
 @dataclass
 class ColorizationConfig:
     """Colorization: ab bins, class rebalancing and the annealed-mean readout (Zhang et al. 2016)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"bin_size": "(0, inf)", "rebalance": "[0, 1]", "temperature": "(0, inf)"}
 
     loss: str = "classification"  # classification over ab bins | regression (L2 on ab)
     bin_size: float = 10.0

@@ -9,6 +9,7 @@ clusterings), and batches sample uniformly over clusters so a few huge clusters 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,8 @@ from selfsup.methods.registry import register_method
 @dataclass
 class DeepClusterConfig:
     """DeepCluster: k-means on PCA-whitened, L2-normalised features every epoch."""
+
+    RANGES: ClassVar[dict[str, str]] = {"num_clusters": "[1, inf)", "pca_dim": "[1, inf)", "kmeans_iters": "[1, inf)"}
 
     num_clusters: int = 100
     pca_dim: int = 256

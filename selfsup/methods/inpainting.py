@@ -21,6 +21,7 @@ the gradient of its own objective (D's loss enters unweighted).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ MASKS = ("central", "blocks", "regions")
 @dataclass
 class InpaintingConfig:
     """Context encoder: which region is missing, and how the loss treats its rim (Pathak et al. 2016)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"mask_fraction": "(0, 1)", "overlap": "[0, inf)", "overlap_weight": "[0, inf)",
+                                        "decoder_width": "[1, inf)", "adversarial": "[0, 1)"}
 
     mask: str = "central"  # central | blocks | regions
     mask_fraction: float = 0.25  # of the image area

@@ -8,6 +8,7 @@ sampled softmax. Memory grows with N x dim (128 floats per image), and the time 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,9 @@ from selfsup.methods.registry import register_method
 @dataclass
 class InstanceConfig:
     """Instance discrimination: the memory bank, the sampled softmax, and the copies' transformations."""
+
+    RANGES: ClassVar[dict[str, str]] = {"dim": "[1, inf)", "negatives": "[1, inf)", "temperature": "(0, inf)",
+                                        "momentum": "[0, 1)"}  # momentum 1 would never update the bank
 
     dim: int = 128  # width of the normalised embedding kept per image
     negatives: int = 4096  # bank entries drawn per step for the sampled softmax

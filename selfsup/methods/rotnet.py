@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,8 @@ from selfsup.methods.registry import register_method
 @dataclass
 class RotNetConfig:
     """RotNet: how many rotations the classifier tells apart."""
+
+    RANGES: ClassVar[dict[str, str]] = {"rotations": "[2, 8]"}  # the method takes 2, 4 or 8
 
     rotations: int = 4  # 4: 0/90/180/270; 2: 0/180; 8: multiples of 45 degrees
 

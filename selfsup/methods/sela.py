@@ -13,6 +13,7 @@ the checkpoint, so a resumed run continues with the labels it had.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +29,10 @@ from selfsup.ot import sinkhorn
 @dataclass
 class SeLaConfig:
     """SeLa: heads, clusters, and the label-optimisation schedule."""
+
+    RANGES: ClassVar[dict[str, str]] = {"num_clusters": "[1, inf)", "num_heads": "[1, inf)", "lam": "(0, inf)",
+                                        "label_steps": "[1, inf)", "sinkhorn_iters": "[1, inf)",
+                                        "sinkhorn_tol": "(0, inf)"}
 
     num_clusters: int = 128
     num_heads: int = 10

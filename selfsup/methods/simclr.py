@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -15,6 +16,8 @@ from selfsup.methods.registry import register_method
 @dataclass
 class SimCLRConfig:
     """SimCLR's projection head and loss."""
+
+    RANGES: ClassVar[dict[str, str]] = {"temperature": "(0, inf)", "proj_hidden": "[1, inf)", "proj_dim": "[1, inf)"}
 
     temperature: float = 0.5
     proj_hidden: int = 2048

@@ -9,6 +9,7 @@ weights, which is what keeps it from reaching a million images; selfsup.methods.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -33,6 +34,9 @@ SEEDS = "seeds.npz"  # in the run directory: the seed patches, sampled once and 
 @dataclass
 class ExemplarConfig:
     """Exemplar-CNN: seed patches as surrogate classes, and their transformations."""
+
+    RANGES: ClassVar[dict[str, str]] = {"num_seeds": "[1, inf)", "patch": "[1, inf)", "image_size": "[1, inf)",
+                                        "samples_per_class": "[1, inf)"}
 
     num_seeds: int = 8000  # surrogate classes; the paper goes up to 32,000
     patch: int = 32

@@ -18,6 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +32,17 @@ from selfsup.errors import SelfSupError
 @dataclass
 class ExemplarTransformConfig:
     """Ranges of the paper's six transformation families; a range collapsed to its neutral value turns it off."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "translate": "[0, 1]",
+        "scale": "(0, inf) ordered",  # log-uniform: no 0
+        "rotation": "[0, 180]",
+        "pca_contrast": "(0, inf) ordered",
+        "sv_power": "(0, inf) ordered",
+        "sv_scale": "[0, inf) ordered",
+        "sv_shift": "[-1, 1] ordered",
+        "hue": "[-0.5, 0.5] ordered",
+    }
 
     translate: float = 0.2  # fraction of the patch size, uniform in [-t, t] on each axis
     scale: tuple[float, float] = (0.7, 1.4)  # zoom factor, log-uniform
