@@ -76,7 +76,14 @@ def _error(fn) -> str:
     return str(info.value)
 
 
-# --------------------------------------------------------------------------- stale keys miss
+# --------------------------------------------------------------------------- a changed source decodes again
+
+
+def _changed(fn):
+    """fn() must say that the source changed (and is decoded again)."""
+    with pytest.warns(SelfSupWarning, match="changed since it was decoded"):
+        return fn()
+
 
 def test_moving_a_file_between_class_folders_changes_its_label(tmp_path, cache):
     truth = _classes(tmp_path / "d", {"cat": 2, "dog": 2})
@@ -84,9 +91,11 @@ def test_moving_a_file_between_class_folders_changes_its_label(tmp_path, cache):
     assert first.labels[_row(first, truth["cat/0.png"])] == 0
     # A rename keeps the file count and every mtime: the old count+newest-mtime key did not change.
     os.rename(tmp_path / "d" / "cat" / "0.png", tmp_path / "d" / "dog" / "9.png")
-    moved = _no_warning(lambda: load_source(f"folder:{tmp_path / 'd'}"))
+    moved = _changed(lambda: load_source(f"folder:{tmp_path / 'd'}"))
     assert moved.labels[_row(moved, truth["cat/0.png"])] == 1
     assert sorted(moved.labels.tolist()) == [0, 1, 1, 1]
+    assert len(list((cache / "arrays").glob("*.images.npy"))) == 1  # the stale entry is deleted, not kept
+    _no_warning(lambda: load_source(f"folder:{tmp_path / 'd'}"))  # and the new one is used from then on
 
 
 def test_replacing_an_image_with_its_mtime_kept_serves_the_new_pixels(tmp_path, cache):
@@ -105,7 +114,7 @@ def test_replacing_an_image_with_its_mtime_kept_serves_the_new_pixels(tmp_path, 
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = os.stat(path)
     assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
-    arr = _no_warning(lambda: load_source(f"folder:{tmp_path / 'd'}"))
+    arr = _changed(lambda: load_source(f"folder:{tmp_path / 'd'}"))
     np.testing.assert_array_equal(arr.images[1], new)
     np.testing.assert_array_equal(arr.images[0], truth["a/0.bmp"])
 
@@ -125,7 +134,7 @@ def test_an_official_dataset_file_rewritten_in_place_is_decoded_again(tmp_path, 
     new = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
     write_batch(new)
     assert os.stat(folder).st_mtime_ns == folder_mtime
-    arr = load_source("cifar10", "test", root=str(tmp_path))
+    arr = _changed(lambda: load_source("cifar10", "test", root=str(tmp_path)))
     np.testing.assert_array_equal(arr.images[1], new[1].reshape(3, 32, 32).transpose(1, 2, 0))
 
 

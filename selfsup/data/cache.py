@@ -157,10 +157,35 @@ def _write(stem: Path, images: np.ndarray, labels: np.ndarray | None, classes: l
         raise
 
 
+def _pointer(root: Path, name: str, source: str) -> Path:
+    """The file naming the key a source was last cached under (so a changed source is noticed, not just missed)."""
+    return root / f"{name}-source-{hashlib.sha1(source.encode()).hexdigest()[:16]}.key"
+
+
+def _forget_stale(root: Path, name: str, source: str, key: str) -> None:
+    """When `source` was cached under another key, say it changed and delete that entry (the cache would otherwise
+    keep one stale copy per edit of the folder)."""
+    try:
+        old = _pointer(root, name, source).read_text().strip()
+    except OSError:
+        return
+    if old and old != key:
+        warn(f"{source} changed since it was decoded (files added, removed, moved or replaced); decoding it again")
+        for path in _npy_paths(root / f"{name}-{old}"):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
 def cached_arrays(
-    name: str, key: str, decode: Callable[[], tuple[np.ndarray, np.ndarray | None, list[str]]]
+    name: str, key: str, decode: Callable[[], tuple[np.ndarray, np.ndarray | None, list[str]]],
+    source: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Return (images, labels, classes) from the verified cache, decoding (and caching) them when absent or damaged."""
+    """Return (images, labels, classes) from the verified cache, decoding (and caching) them when absent or damaged.
+
+    `source` names what was decoded (path, split, settings): a source cached before under another key changed,
+    which is said in a warning, and its old entry is deleted."""
     root = cache_dir() / "arrays"
     stem = root / f"{name}-{key}"
     try:
@@ -170,11 +195,15 @@ def cached_arrays(
         found = None
     if found is not None:
         return found
+    if source is not None:
+        _forget_stale(root, name, source, key)
     images, labels, classes = decode()
     images = np.ascontiguousarray(images, dtype=np.uint8)
     labels = None if labels is None else np.ascontiguousarray(labels, dtype=np.int64)
     try:
         _write(stem, images, labels, classes)
+        if source is not None:
+            _pointer(root, name, source).write_text(key)
     except OSError as e:
         if str(root) not in _warned_unwritable:
             _warned_unwritable.add(str(root))

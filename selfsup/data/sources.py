@@ -174,7 +174,7 @@ def _cifar(arg: str, split: str, root: Path, download: bool, size: int | None, h
         return np.concatenate(images), np.asarray(labels, dtype=np.int64), classes
 
     key = cache_key(folder.resolve(), split, _file_stamps(folder, files + [meta_file]))
-    return ImageArray(name, *cached_arrays(name + "-" + split, key, decode))
+    return ImageArray(name, *cached_arrays(name + "-" + split, key, decode, f"{name} {split} in {folder.resolve()}"))
 
 
 def _stl10(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
@@ -208,7 +208,8 @@ def _stl10(arg: str, split: str, root: Path, download: bool, size: int | None) -
 
     read = [f"{p}_X.bin" for p in split.split("+")] + [f"{p}_y.bin" for p in split.split("+") if p != "unlabeled"]
     key = cache_key(folder.resolve(), split, _file_stamps(folder, read + ["class_names.txt"]))
-    return ImageArray("stl10", *cached_arrays("stl10-" + split.replace("+", "_"), key, decode))
+    return ImageArray("stl10", *cached_arrays("stl10-" + split.replace("+", "_"), key, decode,
+                                              f"stl10 {split} in {folder.resolve()}"))
 
 
 def stl10_folds(root: str | None = None) -> list[np.ndarray]:
@@ -235,7 +236,7 @@ def _svhn(arg: str, split: str, root: Path, download: bool, size: int | None) ->
         return x.transpose(3, 0, 1, 2), np.asarray(y, dtype=np.int64).reshape(-1) % 10, [str(i) for i in range(10)]
 
     key = cache_key(path.resolve(), _file_stamps(path.parent, [path.name]))
-    return ImageArray("svhn", *cached_arrays("svhn-" + split, key, decode))
+    return ImageArray("svhn", *cached_arrays("svhn-" + split, key, decode, f"svhn {path.resolve()}"))
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -449,7 +450,8 @@ def _folder(arg: str, split: str, root: Path, download: bool, size: int | None) 
         return np.stack(images), (np.asarray(labels, dtype=np.int64) if labelled else None), classes
 
     key = cache_key(path.resolve(), split, size, stamp)
-    return ImageArray(f"folder:{path.name}", *cached_arrays("folder-" + split, key, decode))
+    source = f"{path.resolve()} ({split} split{f', size {size}' if size else ''})"
+    return ImageArray(f"folder:{path.name}", *cached_arrays("folder-" + split, key, decode, source))
 
 
 # --------------------------------------------------------------------------- one image, digits

@@ -68,7 +68,8 @@ class RunLock:
         """Take the lock, or raise a one-line SelfSupError naming the process that holds it."""
         for parent in [self.dir, *self.dir.parents]:
             if parent.exists() and not parent.is_dir():
-                raise SelfSupError(f"run directory {self.dir}: {parent} is a file; give a directory for the run")
+                where = "is a file" if parent == self.dir else f"is under {parent}, which is a file"
+                raise SelfSupError(f"run directory {self.dir} {where}; give a directory for the run")
         try:
             if not self.dir.exists():
                 self.dir.mkdir(parents=True)
