@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -235,9 +237,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _python_showwarning(message, category, filename, lineno, file, line)
 
 
+def _terminated(signum, frame) -> None:
+    # SIGTERM (kill, a scheduler's time limit, docker stop, torchrun ending the other ranks) unwinds like Ctrl-C, so
+    # a run cleans up as it does then: its lock freed, a run that --force replaced put back if nothing was saved.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2."""
     warnings.showwarning = _show_warning
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow the options too (argparse stops collecting positionals at the first option).
@@ -251,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("selfsup: interrupted; the last finished epoch's checkpoint is kept (continue with --resume)",
+        print("selfsup: interrupted; every checkpoint written so far is kept (continue with --resume)",
               file=sys.stderr)
         return 130
     return 0

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import yaml
 
 from selfsup.augmentation import AugmentConfig, single_image_recipe
-from selfsup.errors import SelfSupError
+from selfsup.errors import SelfSupError, warn
 
 IN_MEMORY = "memory"  # data.source of a run given its images as an array (selfsup.fit)
 
@@ -232,14 +232,14 @@ def _coerce(value, tp, where: str):
             return value
         raise SelfSupError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
-        # Integer keys stay strict: YAML reads 50000 and 50_000 as ints, and a float (or 5e4, which YAML 1.1 leaves
-        # a string) in a count is more likely a slip than an integer in disguise, so it is an error that says what
-        # to write instead of a silent conversion.
+        # A count written in scientific notation (data.samples_per_epoch=1e6, which YAML 1.1 leaves a string) is
+        # taken when it is a whole number; a float value (2.5, or 50000.0) in a count is refused as a likely slip.
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        number = _number(value)
-        hint = f"; write it out: {int(number)}" if number is not None and number.is_integer() else ""
-        raise SelfSupError(f"{where}: expected an integer, got {value!r}{hint}")
+        number = _number(value) if isinstance(value, str) else None
+        if number is not None and math.isfinite(number) and number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        raise SelfSupError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         number = _number(value)
         if number is None:
@@ -376,15 +376,17 @@ def update_config(cfg: Config, updates: dict) -> Config:
     return cfg
 
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Defaults, then the recipe YAML, then the overrides."""
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None,
+                check: bool = True) -> Config:
+    """Defaults, then the recipe YAML, then the overrides; range-checked unless `check` is False."""
     cfg = Config()
     if recipe is not None:
         _merge(cfg, read_yaml(recipe, "recipe", "recipes/simclr_cifar10.yaml"))
     if overrides:
         _merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     # Checked once, after the overrides: a recipe's value may be out of range only until an override fixes it.
-    check_config(cfg)
+    if check:
+        check_config(cfg)
     return cfg
 
 
@@ -460,15 +462,24 @@ def upgrade_saved(saved: dict) -> dict:
     if cls is not None:
         saved = cls.upgrade_config(dict(saved))
     data = {k: v for k, v in (saved.get("data") or {}).items() if k != "labels_file"}  # now supervised.labels_file
-    if data.get("num_images") == 0:  # earlier versions took 0 for "not set"; it is out of range now
-        data["num_images"] = None
+    for key in ("num_images", "size", "samples_per_epoch"):
+        if data.get(key) == 0:  # earlier versions took 0 for "not set" (no subset, no resize); it is out of range now
+            data[key] = None
+    if (saved.get("eval") or {}).get("size") == 0:
+        saved = {**saved, "eval": {**saved["eval"], "size": None}}
     return {**saved, "data": data}
 
 
 def load_run_config(saved: dict | str | Path) -> Config:
     """The config of a run: its config.yaml (a path) or the dict saved in its checkpoint."""
     data = read_yaml(saved, "run config") if isinstance(saved, (str, Path)) else saved
-    return load_config(overrides=upgrade_saved(data))
+    cfg = load_config(overrides=upgrade_saved(data), check=False)
+    try:
+        check_config(cfg)
+    except SelfSupError as e:
+        # A run made by an earlier version, which accepted the value: it stays usable (evaluation, export, resume).
+        warn(f"this run's saved config has {e} (accepted when the run was made); it is used as saved")
+    return cfg
 
 
 def _plain(x):

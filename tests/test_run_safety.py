@@ -17,7 +17,7 @@ import yaml
 
 from selfsup.config import config_to_dict
 from selfsup.engine import RunLock, fit, load_checkpoint, pretrain, read_metrics
-from selfsup.engine.checkpoint import CHECKPOINT, PREVIOUS
+from selfsup.engine.checkpoint import CHECKPOINT, PREVIOUS, read_checkpoint
 from selfsup.engine.lock import LOCK
 from selfsup.errors import SelfSupError, SelfSupWarning
 from selfsup.methods.simclr import SimCLR
@@ -101,22 +101,87 @@ def test_force_moves_the_old_run_aside_until_the_new_one_has_a_checkpoint(finish
     monkeypatch.setattr(SimCLR, "training_step", lambda self, b: {"loss": real_step(self, b)["loss"] * float("nan")})
     with pytest.raises(SelfSupError, match="no checkpoint was written"):
         pretrain(tiny_config(epochs=1), finished, force=True, progress=False)
-    assert _tree(finished) == before and not list(finished.parent.glob("run.old-*"))
+    assert _tree(finished) == before
     monkeypatch.undo()
     # A new run that succeeds replaces it, and the old one is gone once the new one has its checkpoint.
     seen = []
     real_save = SimCLR.state_dict
 
     def watch(self, *args, **kwargs):
-        seen.append(sorted(p.name for p in finished.parent.iterdir()))
+        seen.append(sorted(p.name for p in finished.iterdir()))
         return real_save(self, *args, **kwargs)
 
     monkeypatch.setattr(SimCLR, "state_dict", watch)
     pretrain(tiny_config(epochs=1, seed=9), finished, force=True, progress=False)
     monkeypatch.undo()
-    assert any(name.startswith("run.old-") for name in seen[0])  # aside while the first epoch ran
-    assert sorted(p.name for p in finished.parent.iterdir()) == ["run"]
+    aside = [name for name in seen[0] if name.startswith(".replaced-")]
+    assert aside and CHECKPOINT not in seen[0]  # the old run aside while the first epoch ran
+    assert not (finished / aside[0]).exists()
     assert load_checkpoint(finished)["config"]["seed"] == 9 and not (finished / LOCK).exists()
+
+
+def test_force_keeps_a_replaced_run_that_holds_files_selfsup_did_not_write(finished):
+    (finished / "labels.csv").write_text("index,label\n")
+    pretrain(tiny_config(epochs=1, seed=9), finished, force=True, progress=False)
+    kept = list(finished.glob(".replaced-*"))
+    assert len(kept) == 1 and (kept[0] / "labels.csv").read_text() == "index,label\n"
+    assert (kept[0] / CHECKPOINT).is_file() and not (finished / "labels.csv").exists()
+
+
+def test_force_protects_data_given_to_fit_and_a_labels_file_inside_the_run(finished):
+    from PIL import Image
+
+    images = finished / "imgs"
+    images.mkdir()
+    for i in range(40):
+        Image.new("RGB", (16, 16), (i * 6, 0, 0)).save(images / f"{i}.png")
+    with pytest.raises(SelfSupError, match="reads its data from"):
+        fit(None, f"folder:{images}", tiny_config(data={"size": None, "samples_per_epoch": None}), finished,
+            force=True, progress=False)
+    (finished / "labels.csv").write_text("index,label\n")
+    cfg = tiny_config(method="supervised", supervised={"labels_file": str(finished / "labels.csv")})
+    with pytest.raises(SelfSupError, match="reads its data from"):
+        pretrain(cfg, finished, force=True, progress=False)
+    assert len(list(images.iterdir())) == 40 and (finished / "labels.csv").is_file()
+
+
+@pytest.mark.parametrize("how", ["symlink", "cwd"])
+def test_force_through_a_symlink_or_on_the_working_directory(finished, tmp_path, monkeypatch, how):
+    out = finished
+    if how == "symlink":
+        out = tmp_path / "link"
+        out.symlink_to(finished)
+    else:
+        monkeypatch.chdir(finished)
+        out = Path(".")
+    pretrain(tiny_config(epochs=1, seed=9), out, force=True, progress=False)
+    assert load_checkpoint(finished)["config"]["seed"] == 9 and not list(finished.glob(".replaced-*"))
+    assert how != "symlink" or out.is_symlink()
+
+
+def test_a_terminated_force_run_puts_the_old_run_back(finished):
+    before = _tree(finished)
+    proc = subprocess.Popen([sys.executable, "-m", "selfsup.cli", "pretrain", "--out", str(finished), "--force",
+                             *_overrides(tiny_config(epochs=50, data={"samples_per_epoch": 4096}))],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    while not list(finished.glob(".replaced-*")) and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # a scheduler's time limit, docker stop, kill
+    stderr = proc.communicate()[1]
+    assert proc.returncode == 130 and "the old run is back" in stderr
+    assert _tree(finished) == before
+
+
+def _overrides(cfg) -> list[str]:
+    """A config as key=value overrides (flattened, JSON values, which YAML reads back)."""
+    def flat(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}={json.dumps(value)}"
+    return list(flat(config_to_dict(cfg)))
 
 
 # ------------------------------------------------------------------------------------------------------ the lock
@@ -207,6 +272,8 @@ def test_resume_after_a_damaged_last_checkpoint_redoes_that_epoch_exactly(finish
     assert [m["epoch"] for m in read_metrics(finished)] == [1, 2]
     redone = _weights(finished)
     assert all(torch.equal(redone[key], value) for key, value in straight.items())
+    # The damaged file was replaced, not kept as the previous checkpoint: both are good again.
+    assert [read_checkpoint(finished / name)["epoch"] for name in (CHECKPOINT, PREVIOUS)] == [2, 1]
 
 
 # -------------------------------------------------------------------------------------- config and metrics logs
@@ -270,7 +337,14 @@ def test_a_damaged_eval_log_never_costs_a_computed_result(finished):
     rows = log.read_text().splitlines()
     assert rows[0].endswith('"conv1": 5') and json.loads(rows[1])["linear_top1"] == result["linear_top1"]
     result = evaluate_run(finished, "knn")
-    assert json.loads(log.read_text().splitlines()[-1])["knn_top1"] == result["knn_top1"]
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["knn_top1"] == result["knn_top1"] and entry["epoch"] == 2  # the checkpoint it measured
+    # A report that cannot be written costs a warning; the result is logged and returned all the same.
+    (finished / "report.md").unlink()
+    (finished / "report.md").mkdir()
+    with pytest.warns(SelfSupWarning, match="cannot write the probe report"):
+        result = evaluate_run(finished, "linear", ["eval.probe_epochs=1"], ["conv1"])
+    assert json.loads(log.read_text().splitlines()[-1])["linear_top1"] == result["linear_top1"]
 
 
 # ------------------------------------------------------------------------------------------------------ NaN stop

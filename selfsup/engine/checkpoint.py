@@ -72,8 +72,9 @@ def _to_cpu(obj):
     return obj
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    """Write checkpoint.pt atomically with its digest; the one it replaces becomes checkpoint.prev.pt."""
+def save_checkpoint(run_dir: Path, state: dict, replace_damaged: bool = False) -> None:
+    """Write checkpoint.pt atomically with its digest; the one it replaces becomes checkpoint.prev.pt (unless it is
+    known to be damaged: then it is simply replaced, and checkpoint.prev.pt stays the good one it fell back to)."""
     run_dir = Path(run_dir)
     state = _to_cpu(state)  # one copy off the device, hashed and saved from the same tensors
     path, tmp = run_dir / CHECKPOINT, run_dir / (CHECKPOINT + ".tmp")
@@ -82,14 +83,26 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
             torch.save({**state, "digest": state_digest(state)}, f)
             f.flush()
             os.fsync(f.fileno())
-        # A kill between these two renames leaves checkpoint.prev.pt (and a complete .tmp): load falls back to it.
-        if path.exists():
-            os.replace(path, run_dir / PREVIOUS)
+        if path.exists() and not replace_damaged:
+            _keep_as_previous(path, run_dir / PREVIOUS)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
-        raise SelfSupError(f"cannot write the checkpoint in {run_dir}: {e.strerror or e}; the previous checkpoint "
-                           "is kept") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        raise SelfSupError(f"cannot write the checkpoint in {run_dir} ({reason}); the previous checkpoint is "
+                           "kept") from None
+
+
+def _keep_as_previous(path: Path, previous: Path) -> None:
+    """checkpoint.pt becomes checkpoint.prev.pt without ever being absent: a hard link is renamed over the previous
+    one (a reader, or a kill, between the steps still finds checkpoint.pt); a rename where links are not supported."""
+    link = previous.with_name(previous.name + ".tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        os.replace(path, previous)
 
 
 class DamagedCheckpoint(Exception):
@@ -112,12 +125,14 @@ def read_checkpoint(path: Path) -> dict:
 
 def load_checkpoint(run_dir: str | Path) -> dict:
     """The run's last good checkpoint: checkpoint.pt, or checkpoint.prev.pt with a warning when the last is
-    damaged; a one-line error when there is none."""
+    damaged or missing; a one-line error when there is none. The returned dict's "file" names the one read."""
     run_dir = Path(run_dir)
     damaged = []
     for name in (CHECKPOINT, PREVIOUS):
         path = run_dir / name
         if not path.is_file():
+            if name == CHECKPOINT and (run_dir / PREVIOUS).is_file():
+                damaged.append(f"{name} is missing")
             continue
         try:
             ckpt = read_checkpoint(path)
@@ -126,6 +141,7 @@ def load_checkpoint(run_dir: str | Path) -> dict:
             continue
         if damaged:
             warn(f"{run_dir}/{damaged[0]}; using {name} (epoch {ckpt['epoch']}) instead")
+        ckpt["file"] = name
         return ckpt
     if damaged:
         raise SelfSupError(f"every checkpoint in {run_dir} is damaged ({'; '.join(damaged)}); start the run again "
@@ -138,13 +154,14 @@ def has_checkpoint(run_dir: Path) -> bool:
     return (run_dir / CHECKPOINT).is_file() or (run_dir / PREVIOUS).is_file()
 
 
-def is_run_dir(path: Path) -> bool:
-    """A selfsup run directory: one with a config or checkpoint written by a run."""
-    return any((path / name).is_file() for name in (CONFIG, CHECKPOINT, PREVIOUS))
-
-
 def _contents(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name != LOCK] if path.is_dir() else []
+
+
+def is_run_dir(path: Path) -> bool:
+    """A selfsup run directory: one with a config or checkpoint written by a run (or a run --force replaced)."""
+    return (any((path / name).is_file() for name in (CONFIG, CHECKPOINT, PREVIOUS))
+            or any(p.name.startswith(ASIDE) for p in _contents(path)))
 
 
 def check_run_dir(out: Path, resume: bool, force: bool, data_paths: list[Path] = ()) -> None:
@@ -172,37 +189,48 @@ def check_run_dir(out: Path, resume: bool, force: bool, data_paths: list[Path] =
                            "replaces runs — choose another --out")
 
 
+ASIDE = ".replaced-"  # prefix of the folder inside a run that holds the run --force replaces
+# What selfsup writes into a run directory (and the study into a cell): a replaced run made only of these is deleted
+# once the new run has a checkpoint; one holding anything else is kept (it may be the user's).
+RUN_FILES = {CONFIG, CHECKPOINT, PREVIOUS, CHECKPOINT + ".tmp", METRICS, METRICS + ".tmp", EVAL_LOG, "tb",
+             "samples.png", "report.md", "probes.png", "seeds.npz", "probes.json", "probes.tmp", "conv1_filters.npy",
+             "backbone.safetensors", "backbone_torchvision.pth", "backbone_timm.safetensors"}
+
+
 def move_aside(out: Path) -> Path | None:
-    """Rename an existing run to OUT.old-<time> (kept until the new run has written its first checkpoint)."""
-    if not _contents(out):
+    """Move an existing run's files into OUT/.replaced-<time>/ (kept until the new run has written its first
+    checkpoint). Inside the run directory, so it works for a symlinked or mounted directory and `--out .` alike."""
+    entries = _contents(out)
+    if not entries:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = out.with_name(f"{out.name}.old-{stamp}")
-    n = 1
+    aside, n = out / f"{ASIDE}{stamp}", 1
     while aside.exists():
         n += 1
-        aside = out.with_name(f"{out.name}.old-{stamp}-{n}")
+        aside = out / f"{ASIDE}{stamp}-{n}"
     try:
-        os.rename(out, aside)
+        aside.mkdir()
+        for entry in entries:
+            os.rename(entry, aside / entry.name)
     except OSError as e:
-        raise SelfSupError(f"cannot move the old run {out} aside: {e.strerror or e}") from None
-    try:
-        out.mkdir()
-        if (aside / LOCK).exists():  # the lock goes back to the run directory it guards
-            os.replace(aside / LOCK, out / LOCK)
-    except OSError as e:
-        raise SelfSupError(f"cannot make the new run directory {out} ({e.strerror or e}); the old run is in "
+        raise SelfSupError(f"cannot move the old run in {out} aside: {e.strerror or e}; its files are in {out} and "
                            f"{aside}") from None
     return aside
 
 
+def foreign_files(aside: Path) -> list[str]:
+    """The files of a replaced run that selfsup did not write (kept rather than deleted)."""
+    return sorted(p.name for p in aside.iterdir() if p.name not in RUN_FILES)
+
+
 def restore_aside(out: Path, aside: Path) -> None:
     """Put a run moved aside back in place of the new run that failed before its first checkpoint."""
-    lock = out / LOCK
-    if lock.exists():
-        os.replace(lock, aside / LOCK)  # the caller still holds it and frees it as usual
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(aside, out)
+    for entry in _contents(out):
+        if entry != aside:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for entry in aside.iterdir():
+        os.rename(entry, out / entry.name)
+    aside.rmdir()
 
 
 def _ends_mid_line(path: Path) -> bool:
@@ -261,7 +289,7 @@ def read_metrics(out: Path) -> list[dict]:
     return read_jsonl(Path(out) / METRICS)
 
 
-__all__ = ["CHECKPOINT", "PREVIOUS", "METRICS", "CONFIG", "EVAL_LOG", "save_atomic", "save_checkpoint",
-           "load_checkpoint", "read_checkpoint", "state_digest", "has_checkpoint", "is_run_dir", "check_run_dir",
-           "move_aside", "restore_aside", "append_jsonl", "read_jsonl", "append_metrics", "write_metrics",
-           "read_metrics", "DamagedCheckpoint"]
+__all__ = ["CHECKPOINT", "PREVIOUS", "METRICS", "CONFIG", "EVAL_LOG", "ASIDE", "RUN_FILES", "save_atomic",
+           "save_checkpoint", "load_checkpoint", "read_checkpoint", "state_digest", "has_checkpoint", "is_run_dir",
+           "check_run_dir", "move_aside", "restore_aside", "foreign_files", "append_jsonl", "read_jsonl",
+           "append_metrics", "write_metrics", "read_metrics", "DamagedCheckpoint"]

@@ -1,14 +1,16 @@
 """The run lock: one writer per run directory.
 
-A lock file in the run directory holds the writer's pid, host and start time. It is created with O_EXCL, so of two
-processes that start on one directory exactly one gets it; the other is refused with a line naming the holder. A
-lock left by a process that died (kill -9, a crashed node) is stale when its pid no longer runs on this host, or
-runs but started at another time (a reused pid); it is then taken over with a warning. A lock from another host
-cannot be checked from here, so it is never taken over: the message says which file to delete.
+The lock is a file in the run directory, `selfsup.lock`, that holds the writer's pid, host, start time and command,
+and that the writer keeps locked with flock(2) while it runs. The kernel frees that lock when the process dies,
+however it dies (kill -9 included), so a lock file left behind by a dead process on this machine is stale by
+construction and is taken over, with a warning naming the process that left it. A lock file written on another
+host cannot be checked from here (network file systems differ in what they lock), so it is never taken over: the
+error names the file to delete once that process is known to be gone.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -19,26 +21,7 @@ from pathlib import Path
 from selfsup.errors import SelfSupError, warn
 
 LOCK = "selfsup.lock"
-_HELD: dict[Path, int] = {}  # locks this process holds, with how many RunLocks hold each (a study cell around fit)
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of process `pid` in clock ticks since boot (Linux), which tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5), counted after the command name
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+_HELD: dict[tuple[int, int], list] = {}  # (device, inode) -> [open file, count]: locks this process holds
 
 
 def _holder_text(holder: dict) -> str:
@@ -46,23 +29,36 @@ def _holder_text(holder: dict) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}{command}"
 
 
+def _read_holder(f) -> dict:
+    f.seek(0)
+    try:
+        holder = json.loads(f.read() or "{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 class RunLock:
     """The lock of one run directory, taken by `acquire` (creating the directory if needed) and freed by `release`.
+    A process may take the same lock again (a study cell around its training run); it is freed at the last release.
 
     Args:
         run_dir: the run directory.
 
     Example:
-        >>> lock = RunLock("runs/simclr").acquire()
-        >>> try: ...  # write into the run
-        ... finally: lock.release()
+        >>> with RunLock("runs/simclr"):
+        ...     ...  # write into the run
     """
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         self.path = self.dir / LOCK
         self.created_dir = False  # this lock made the directory (so an aborted run can remove it again)
-        self.held = False
+        self._key: tuple[int, int] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._key is not None
 
     def acquire(self) -> RunLock:
         """Take the lock, or raise a one-line SelfSupError naming the process that holds it."""
@@ -78,69 +74,71 @@ class RunLock:
             pass
         except OSError as e:
             raise SelfSupError(f"cannot create run directory {self.dir}: {e.strerror or e}") from None
-        key = self.path.resolve()
-        if key in _HELD:  # this process holds it already (nested use): share it
-            _HELD[key] += 1
-            self.held = True
-            return self
-        argv = sys.argv or [""]
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "process_start": _process_start(os.getpid()), "command": " ".join([Path(argv[0]).name, *argv[1:]])}
-        for _ in range(3):
+        for _ in range(5):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None:
-                    continue  # removed meanwhile, or stale and removed: try again
-                raise SelfSupError(f"run directory {self.dir} is in use by {_holder_text(holder)}; wait for it to "
-                                   f"finish, or delete {self.path} if that process is gone") from None
+                f = open(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
             except OSError as e:
                 raise SelfSupError(f"cannot write in run directory {self.dir}: {e.strerror or e}") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            _HELD[key] = 1
+            st = os.fstat(f.fileno())
+            key = (st.st_dev, st.st_ino)
+            if key in _HELD:  # this process holds it already (nested use): share it
+                f.close()
+                _HELD[key][1] += 1
+                self._key = key
+                return self
+            holder = _read_holder(f)
+            foreign = holder.get("host") not in (None, socket.gethostname())
+            try:
+                if foreign:
+                    raise BlockingIOError
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                hint = "once that process is gone (it runs on another host, which cannot be checked from here)" \
+                    if foreign else "if that process is gone"
+                raise SelfSupError(f"run directory {self.dir} is in use by {_holder_text(holder)}; wait for it to "
+                                   f"finish, or delete {self.path} {hint}") from None
+            try:
+                same = os.stat(self.path).st_ino == st.st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the file we locked was removed by its releasing holder meanwhile: lock the new one
+                f.close()
+                continue
+            holder = _read_holder(f)  # as it is now that we hold the lock
+            if holder.get("pid"):
+                warn(f"taking over the stale lock of {_holder_text(holder)} in {self.dir} (that process no longer "
+                     "runs)")
+            argv = sys.argv or [""]
+            f.seek(0)
+            f.truncate()
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "command": " ".join([Path(argv[0]).name, *argv[1:]])}, f)
+            f.flush()
+            _HELD[key] = [f, 1]
+            self._key = key
             return self
         raise SelfSupError(f"could not take the lock {self.path}: other processes keep replacing it")
 
-    def _holder(self) -> dict | None:
-        """Who holds the existing lock file; None when the file is gone or its holder is dead (the file removed)."""
-        try:
-            text = self.path.read_text()
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise SelfSupError(f"cannot read the run lock {self.path}: {e.strerror or e}") from None
-        try:
-            holder = json.loads(text)
-            pid = int(holder["pid"])
-        except (ValueError, KeyError, TypeError):
-            # Being written this instant (the holder is between open and write), or garbage from a crash.
-            if age < 10:
-                time.sleep(0.2)
-                return {"pid": "?", "host": "?", "started": "just now"} if self.path.exists() else None
-            holder, pid = {}, None
-        if pid is not None and holder.get("host") != socket.gethostname():
-            return holder
-        if pid is not None and _alive(pid) and _process_start(pid) in (None, holder.get("process_start")):
-            return holder
-        warn(f"taking over the stale lock of {_holder_text(holder) if pid is not None else 'an unreadable holder'} "
-             f"in {self.dir} (that process no longer runs)")
-        self.path.unlink(missing_ok=True)
-        return None
-
     def release(self) -> None:
-        """Free the lock if this process holds it (the run directory may have been renamed meanwhile: no error)."""
-        if not self.held:
+        """Free the lock if this process holds it: the file is removed while still locked, so a process that opened
+        it meanwhile sees it gone and locks a new one (the file may have moved with its directory: no error)."""
+        if self._key is None:
             return
-        self.held = False
-        key = self.path.resolve()
-        _HELD[key] = _HELD.get(key, 1) - 1
-        if _HELD[key] <= 0:
-            del _HELD[key]
-            self.path.unlink(missing_ok=True)
+        key, self._key = self._key, None
+        entry = _HELD[key]
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _HELD[key]
+        f = entry[0]
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == key:
+                self.path.unlink()
+        except OSError:
+            pass
+        f.close()
 
     def __enter__(self) -> RunLock:
         return self.acquire()

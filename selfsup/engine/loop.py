@@ -28,9 +28,11 @@ from selfsup.augmentation import synthesize
 from selfsup.config import Config, check_config, config_to_dict, load_run_config, save_config
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.engine.checkpoint import (
+    CHECKPOINT,
     CONFIG,
     append_metrics,
     check_run_dir,
+    foreign_files,
     has_checkpoint,
     load_checkpoint,
     move_aside,
@@ -65,6 +67,7 @@ class Run:
     saved_epoch: int | None = None  # the epoch of the newest checkpoint of this run (None: none written)
     history: list[dict] = field(default_factory=list)  # every epoch's metrics line, kept in the checkpoint too
     config_saved: bool = False  # config.yaml written (on resume: only after an epoch succeeded with the config)
+    damaged_last: bool = False  # resumed from checkpoint.prev.pt because checkpoint.pt was damaged or missing
 
     @property
     def device(self) -> torch.device:
@@ -126,13 +129,21 @@ def unwrap(model: torch.nn.Module) -> Method:
 # ------------------------------------------------------------------------------------------------ open the run
 
 
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, (list, tuple)):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
 def _data_paths(cfg: Config) -> list[Path]:
-    """The local files and folders the run reads its data from (which --force must never delete)."""
+    """Every existing local file or folder the config names (data and eval sources and roots, a labels file, an
+    imported module...): what --force must never delete. Any string value, or its part after `kind:`, counts."""
     paths = []
-    for spec, root in ((cfg.data.source, cfg.data.root), (cfg.eval.source, cfg.eval.root)):
-        arg = (spec or "").partition(":")[2]
-        for candidate in (arg, root):
-            if candidate and Path(candidate).expanduser().exists():
+    for text in _strings(config_to_dict(cfg)):
+        for candidate in {text, text.partition(":")[2]}:
+            if candidate and ("/" in candidate or "." in candidate) and Path(candidate).expanduser().exists():
                 paths.append(Path(candidate).expanduser())
     return paths
 
@@ -243,8 +254,8 @@ def prepare(method: Method | None, data, run: Run) -> tuple[Method, TrainData]:
     if run.writes and not run.resume:
         run.aside = move_aside(run.out)  # --force: the old run stays until this one has written a checkpoint
         if run.aside is not None:
-            run.note(f"selfsup: the old run in {run.out} is moved to {run.aside} and deleted once this run has "
-                     "written its first checkpoint")
+            run.note(f"selfsup: the old run in {run.out} is moved into {run.aside} until this run has written its "
+                     "first checkpoint")
     if run.info.enabled:
         dist.barrier()
     arr = method.prepare_data(arr, RunInfo(run.out, run.resume, run.info.is_main, cfg.seed))
@@ -274,6 +285,7 @@ def setup_model(method: Method, run: Run, data: TrainData) -> tuple[torch.nn.Mod
             raise SelfSupError(f"the checkpoint in {run.out} does not fit the model this config builds "
                                f"({_first_detail(e)}); resume with the run's own model and method settings") from None
         start_epoch = run.saved_epoch = ckpt["epoch"]
+        run.damaged_last = ckpt["file"] != CHECKPOINT  # then the next save must not keep it as the previous one
         # The history in the checkpoint rewrites metrics.jsonl: a line lost to a kill between checkpoint and metrics
         # comes back, a partial one goes, and lines of epochs after a fallen-back-to checkpoint go too.
         run.history = ckpt.get("history") or [m for m in read_metrics(run.out) if m.get("epoch", 0) <= start_epoch]
@@ -386,7 +398,20 @@ def _nonfinite(method: Method, run: Run) -> str | None:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if not flag.item():
         return None
-    return next((n for n, t in tensors if not torch.isfinite(t.detach()).all()), "a parameter on another process")
+    return next((n for n, t in tensors if not torch.isfinite(t.detach()).all()),
+                "a parameter or buffer on another process")
+
+
+def _drop_aside(run: Run) -> None:
+    """The run --force replaced, once this run has its first checkpoint: deleted, unless it holds files selfsup
+    did not write (then it is kept, and the user told where)."""
+    kept = foreign_files(run.aside)
+    if kept:
+        run.note(f"selfsup: the replaced run held files selfsup did not write ({', '.join(kept[:5])}); it is kept in "
+                 f"{run.aside}")
+    else:
+        shutil.rmtree(run.aside, ignore_errors=True)
+    run.aside = None
 
 
 def end_of_epoch(method: Method, optimizer: torch.optim.Optimizer, run: Run, metrics: dict, splits) -> bool:
@@ -411,19 +436,25 @@ def end_of_epoch(method: Method, optimizer: torch.optim.Optimizer, run: Run, met
         # The checkpoint first, with the history: a kill before the metrics line below loses nothing (resume
         # rewrites metrics.jsonl from it).
         save_checkpoint(run.out, {"epoch": epoch, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "config": config_to_dict(cfg), "history": run.history})
-        run.saved_epoch = epoch
+                                  "config": config_to_dict(cfg), "history": run.history},
+                        replace_damaged=run.damaged_last)
+        run.damaged_last = False
         if run.aside is not None:
-            shutil.rmtree(run.aside, ignore_errors=True)
-            run.aside = None
-        if not run.config_saved:
-            save_config(cfg, run.out / CONFIG)
-            run.config_saved = True
-        append_metrics(run.out, metrics)
+            _drop_aside(run)
+        try:
+            if not run.config_saved:
+                save_config(cfg, run.out / CONFIG)
+                run.config_saved = True
+            append_metrics(run.out, metrics)
+        except OSError as e:
+            raise SelfSupError(f"cannot write in run directory {run.out} ({e.strerror or e}); epoch {epoch}'s "
+                               "checkpoint is saved (resume with --resume)") from None
         for key, value in metrics.items():
             if key != "epoch":
                 run.writer.add_scalar(f"epoch/{key}", value, epoch)
         run.writer.flush()
+    if run.out is not None:
+        run.saved_epoch = epoch  # on every rank: each may have to say which checkpoint a later stop keeps
     if run.progress:
         tqdm.write(" ".join(f"{k}={v}" for k, v in metrics.items()))
     if run.info.enabled:
@@ -477,6 +508,8 @@ def fit(method: Method | None = None, data=None, cfg: Config | None = None, out:
     if cfg is None:
         cfg = resume_config(out) if resume and out is not None else Config()
     cfg = copy.deepcopy(cfg)
+    if isinstance(data, str):  # a source spec is part of the config (and checked by --force like one)
+        cfg.data.source, data = data, None
     run = open_run(cfg, out, resume, force, progress)
     try:
         method, train = prepare(method, data, run)
@@ -539,7 +572,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, force: bool = F
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", random_init: bool = False,
              method: Method | None = None) -> Method:
-    """A run's method, rebuilt from its checkpoint, in eval mode, with `run_config` set (for evaluation and export).
+    """A run's method, rebuilt from its checkpoint, in eval mode, with `run_config` and `run_epoch` (the epoch of
+    the checkpoint read) set, for evaluation and export.
 
     With random_init, the same architecture at the initialisation the run started from (a baseline). A run whose
     method or backbone a config cannot rebuild (a module given to fit) needs it built again and passed as `method`.
@@ -557,7 +591,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", random_ini
         except RuntimeError as e:
             raise SelfSupError(f"the checkpoint in {run_dir} does not fit the model its config builds "
                                f"({_first_detail(e)})") from None
-    method.run_config = cfg
+    method.run_config, method.run_epoch = cfg, ckpt["epoch"]
     return method.to(device).eval()
 
 

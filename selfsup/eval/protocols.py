@@ -138,9 +138,15 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
         torch.manual_seed(cfg.seed)
         accs = linear_probes(tap_features(backbone, cfg, dev, layers, splits, transform), cfg, dev)
         result = {"model": model_name, "linear_top1": {k: round(v, 2) for k, v in accs.items()}}
-        write_probe_report(run, _probe_history(run, model_name, accs), title=f"Linear probes: {run.name}",
-                           note=f"eval source {cfg.eval.source or cfg.data.source}")
-    _log_result(run, {"protocol": protocol, **result})
+    # Logged first, with the epoch of the checkpoint it measured (eval may run beside training): a report that
+    # cannot be written afterwards costs a warning, never the result.
+    _log_result(run, {"protocol": protocol, "epoch": None if random_init else method.run_epoch, **result})
+    if protocol == "linear":
+        try:
+            write_probe_report(run, _probe_history(run, model_name, accs), title=f"Linear probes: {run.name}",
+                               note=f"eval source {cfg.eval.source or cfg.data.source}")
+        except OSError as e:
+            warn(f"cannot write the probe report in {run} ({e.strerror or e}); the result is in {run / 'eval.jsonl'}")
     return result
 
 
