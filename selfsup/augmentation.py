@@ -95,6 +95,8 @@ class AugmentParams:
     gray: torch.Tensor  # (B,) bool
     sigma: torch.Tensor  # (B,) blur sigma, 0 where not blurred
     solarize: torch.Tensor  # (B,) bool
+    # shear (B,) degrees; translate (B,2) fraction of the crop size; order (B,4) jitter op order (0 brightness,
+    # 1 contrast, 2 saturation, 3 hue)
     extra: dict = field(default_factory=dict)
 
 
@@ -125,10 +127,11 @@ def _geometry(n: int, cfg: AugmentConfig, src_h: int, src_w: int, g: torch.Gener
     angle = _uniform(n, -cfg.rotation, cfg.rotation, g, device)
     shear = _uniform(n, -cfg.shear, cfg.shear, g, device)
     # Crop centre anywhere the crop fits, plus an optional translation relative to the crop size.
-    cx = ((1 - wh[:, 0]) * _uniform(n, -1, 1, g, device)
-          + 2 * wh[:, 0] * _uniform(n, -cfg.translate, cfg.translate, g, device))
-    cy = ((1 - wh[:, 1]) * _uniform(n, -1, 1, g, device)
-          + 2 * wh[:, 1] * _uniform(n, -cfg.translate, cfg.translate, g, device))
+    ux = _uniform(n, -1, 1, g, device)
+    tx = _uniform(n, -cfg.translate, cfg.translate, g, device)
+    uy = _uniform(n, -1, 1, g, device)
+    ty = _uniform(n, -cfg.translate, cfg.translate, g, device)
+    cx, cy = (1 - wh[:, 0]) * ux + 2 * wh[:, 0] * tx, (1 - wh[:, 1]) * uy + 2 * wh[:, 1] * ty
     # Build the map in source pixel units (so rotation is a true rotation), then normalise by the source size.
     half_w, half_h = wh[:, 0] * src_w / 2, wh[:, 1] * src_h / 2
     a, sh = torch.deg2rad(angle), torch.tan(torch.deg2rad(shear))
@@ -141,7 +144,7 @@ def _geometry(n: int, cfg: AugmentConfig, src_h: int, src_w: int, g: torch.Gener
         torch.stack([m00 / (src_w / 2), m01 / (src_w / 2), cx], 1),
         torch.stack([m10 / (src_h / 2), m11 / (src_h / 2), cy], 1),
     ], 1)
-    return theta, wh, flip, angle
+    return theta, wh, flip, angle, {"shear": shear, "translate": torch.stack([tx, ty], 1)}
 
 
 def _warp(src: torch.Tensor, theta: torch.Tensor, crop_px: torch.Tensor, size: int, padding: str) -> torch.Tensor:
@@ -188,7 +191,8 @@ def _color_matrices(n: int, cfg: AugmentConfig, mean_rgb: torch.Tensor, g: torch
     gray = torch.rand(n, generator=g, device=device) < cfg.grayscale_p
 
     yiq = torch.tensor(_RGB_TO_YIQ, device=device)
-    ang = 2 * math.pi * h
+    # Turning (I, Q) clockwise moves HSV hue forwards (red -> yellow -> green), as torchvision's adjust_hue(h) does.
+    ang = -2 * math.pi * h
     rot = torch.zeros(n, 3, 3, device=device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2] = torch.cos(ang), -torch.sin(ang)
@@ -216,7 +220,7 @@ def _color_matrices(n: int, cfg: AugmentConfig, mean_rgb: torch.Tensor, g: torch
     m = torch.where(gray[:, None, None], gm @ m, m)
     bias = torch.where(gray[:, None], (gm @ bias.unsqueeze(2)).squeeze(2), bias)
     factors = torch.stack([b, c, s, h], 1)
-    return torch.cat([m, bias.unsqueeze(2)], 2), jitter, factors, gray
+    return torch.cat([m, bias.unsqueeze(2)], 2), jitter, factors, gray, order
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
@@ -319,10 +323,10 @@ def augment_unit(images: torch.Tensor, cfg: AugmentConfig | None = None, generat
     src = as_unit(images, "augment")
     count = n if n is not None else src.shape[0]
     src_h, src_w = src.shape[-2:]
-    theta, wh, flip, angle = _geometry(count, cfg, src_h, src_w, generator, device)
+    theta, wh, flip, angle, drawn = _geometry(count, cfg, src_h, src_w, generator, device)
     crop_px = torch.minimum(wh[:, 0] * src_w, wh[:, 1] * src_h)
     x = _warp(src, theta, crop_px, cfg.size, cfg.padding)
-    color, jitter, factors, gray = _color_matrices(count, cfg, x.mean(dim=(2, 3)), generator, device)
+    color, jitter, factors, gray, order = _color_matrices(count, cfg, x.mean(dim=(2, 3)), generator, device)
     x = torch.baddbmm(color[:, :, 3:], color[:, :, :3], x.flatten(2)).view_as(x)
     blur_on = torch.rand(count, generator=generator, device=device) < cfg.blur_p
     scale = cfg.size / 224.0  # SimCLR's sigma range is for 224-px images
@@ -336,7 +340,8 @@ def augment_unit(images: torch.Tensor, cfg: AugmentConfig | None = None, generat
         x = torch.where(solar[:, None, None, None] & (x >= cfg.solarize_threshold), 1 - x, x)
     if not return_params:
         return x
-    return x, AugmentParams(theta, wh, flip, angle, color, jitter, factors, gray, sigma, solar)
+    drawn["order"] = order
+    return x, AugmentParams(theta, wh, flip, angle, color, jitter, factors, gray, sigma, solar, drawn)
 
 
 def augment(images: torch.Tensor, cfg: AugmentConfig | None = None, generator: torch.Generator | None = None,

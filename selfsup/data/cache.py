@@ -19,7 +19,7 @@ import numpy as np
 from selfsup.errors import warn
 
 # Part of every key: bump it when the cached layout or a decoder's output changes, so old entries simply miss.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: a folder's class numbers are shared by its splits
 
 # The images checksum is a zlib.crc32 over the whole array up to this size, over a fixed spread of rows above it.
 # Measured on 50,000x32x32x3 uint8 (150 MB, CIFAR-10 train) memory-mapped from a page-cached .npy, on one AMD EPYC

@@ -436,7 +436,10 @@ def _folder(arg: str, split: str, root: Path, download: bool, size: int | None) 
         if not chosen:
             raise SelfSupError(f"no images in the {split!r} split of {path}")
         labelled = all(len(r.parts) > 1 for r, _, _ in chosen)
-        classes = sorted({r.parts[0] for r, _, _ in chosen}) if labelled else []
+        names = {r.parts[0] for r, _, _ in chosen}
+        if splits:  # one numbering for every split: a test/ folder without some class must not renumber the others
+            names |= {r.parts[1] for r in rel if r.parts[0] in splits.values() and len(r.parts) > 2}
+        classes = sorted(names) if labelled else []
         index = {c: i for i, c in enumerate(classes)}
         images, labels = [], []
         for r, read, full in chosen:
