@@ -36,8 +36,16 @@ def test_cifar10_python_batches(tmp_path):
     data, labels = truth["data_batch_1"]
     # Row-major CHW planes: pixel (y, x) of channel c sits at c*1024 + y*32 + x.
     assert train.images[0, 5, 7, 1] == data[0, 1024 + 5 * 32 + 7]
-    assert list(train.labels[:4]) == labels
-    assert train.classes[3] == "class3"
+    # Every image and label, batches 1..5 in order: the same decoding, written out pixel by pixel.
+    order = [truth[f"data_batch_{i}"] for i in range(1, 6)]
+    flat = np.concatenate([d for d, _ in order])
+    for k, (y, x, c) in enumerate([(0, 0, 0), (31, 31, 2), (5, 7, 1), (17, 3, 2), (30, 1, 0)]):
+        np.testing.assert_array_equal(train.images[:, y, x, c], flat[:, c * 1024 + y * 32 + x])
+    np.testing.assert_array_equal(train.images, flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert train.labels.tolist() == [label for _, ls in order for label in ls]
+    assert test.labels.tolist() == truth["test_batch"][1]
+    np.testing.assert_array_equal(test.images[:, 9, 4, 2], truth["test_batch"][0][:, 2 * 1024 + 9 * 32 + 4])
+    assert train.classes == [f"class{i}" for i in range(10)]
     # Second load comes from the memory-mapped cache.
     again = load_source("cifar10", "train", root=str(tmp_path))
     assert isinstance(again.images, np.memmap)
@@ -54,7 +62,10 @@ def test_cifar100_python_files(tmp_path):
     with open(folder / "meta", "wb") as f:
         pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, f)
     arr = load_source("cifar100", "train", root=str(tmp_path))
-    assert arr.images.shape == (6, 32, 32, 3) and arr.labels[2] == 99 and arr.num_classes == 100
+    assert arr.images.shape == (6, 32, 32, 3) and arr.num_classes == 100
+    assert arr.labels.tolist() == [0, 5, 99, 3, 2, 1]  # the fine labels, not the coarse ones
+    assert arr.classes[99] == "c99"
+    np.testing.assert_array_equal(arr.images[:, 20, 11, 1], data[:, 1024 + 20 * 32 + 11])
 
 
 def test_stl10_binary(tmp_path):
@@ -83,7 +94,7 @@ def test_svhn_mat(tmp_path):
     x = rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8)
     savemat(tmp_path / "test_32x32.mat", {"X": x, "y": np.array([[10], [1], [2], [10], [9]], dtype=np.uint8)})
     arr = load_source("svhn", "test", root=str(tmp_path))
-    np.testing.assert_array_equal(arr.images[1], x[..., 1])
+    np.testing.assert_array_equal(arr.images, x.transpose(3, 0, 1, 2))  # (H, W, C, N) in the file
     assert list(arr.labels) == [0, 1, 2, 0, 9]
 
 
@@ -94,30 +105,108 @@ def _write_images(root: Path, layout: dict[str, int], size=(10, 12)) -> None:
             Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / rel / f"{i}.png")
 
 
+# Flat-colour images that carry their own truth: red codes the class folder, green the split, blue the image's number
+# within its folder, so every decoded image can be checked against the label it was given.
+CLASS_RED = {"bird": 30, "cat": 90, "dog": 150, "eel": 210}
+SPLIT_GREEN = {"train": 40, "test": 120, "val": 120, None: 200}
+
+
+def _write_coded(root: Path, layout: dict[str, int], size=(10, 12)) -> None:
+    """layout: folder (split/class[/deeper], class[/deeper] or "") -> image count; each image one flat colour."""
+    for rel, count in layout.items():
+        parts = Path(rel).parts
+        split = parts[0] if parts and parts[0] in SPLIT_GREEN else None
+        rest = parts[1:] if split else parts
+        red = CLASS_RED[rest[0]] if rest else 0
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            blue = 10 * i + 3 * len(parts)  # deeper folders give other numbers, so no image is counted twice
+            colour = (red, SPLIT_GREEN[split], blue)
+            Image.fromarray(np.full((*size, 3), colour, np.uint8)).save(root / rel / f"{i}.png")
+
+
+def _check_coded(arr, layout: dict[str, int], split: str | None) -> None:
+    """Every image of the split decoded once, flat, and labelled with the class whose colour it has."""
+    expect = []
+    for rel, count in layout.items():
+        parts = Path(rel).parts
+        in_split = parts[0] if parts and parts[0] in SPLIT_GREEN else None
+        if {"val": "test"}.get(in_split, in_split) != split:
+            continue
+        rest = parts[1:] if in_split else parts
+        expect += [(CLASS_RED[rest[0]] if rest else 0, SPLIT_GREEN[in_split], 10 * i + 3 * len(parts))
+                   for i in range(count)]
+    images = np.asarray(arr.images)
+    assert (images == images[:, :1, :1]).all()  # each image one colour, as written
+    got = [tuple(int(v) for v in im[0, 0]) for im in images]
+    assert sorted(got) == sorted(expect)
+    if arr.labels is None:
+        assert all(red == 0 for red, _, _ in got)
+        return
+    by_red = {v: k for k, v in CLASS_RED.items()}
+    assert arr.classes == sorted(arr.classes)
+    assert [arr.classes[label] for label in arr.labels] == [by_red[red] for red, _, _ in got]
+
+
 def test_folder_with_splits_and_classes(tmp_path):
-    _write_images(tmp_path / "data", {"train/cat": 3, "train/dog": 2, "val/cat": 1, "val/dog": 2})
+    layout = {"train/cat": 3, "train/dog": 2, "train/bird": 2, "val/cat": 1, "val/dog": 2, "val/bird": 1}
+    _write_coded(tmp_path / "data", layout)
     train = load_source(f"folder:{tmp_path / 'data'}", "train")
     test = load_source(f"folder:{tmp_path / 'data'}", "test")
-    assert train.images.shape == (5, 10, 12, 3) and train.classes == ["cat", "dog"]
-    assert sorted(train.labels.tolist()) == [0, 0, 0, 1, 1]
-    assert len(test) == 3 and sorted(test.labels.tolist()) == [0, 1, 1]
+    assert train.images.shape == (7, 10, 12, 3) and train.classes == ["bird", "cat", "dog"]
+    _check_coded(train, layout, "train")
+    _check_coded(test, layout, "test")
+    assert test.classes == train.classes
+
+
+def test_folder_splits_share_class_numbers(tmp_path):
+    """A test split without one of the classes keeps the training split's numbering (else probes score wrong)."""
+    layout = {"train/bird": 2, "train/cat": 2, "train/dog": 1, "test/cat": 2, "test/dog": 1}
+    _write_coded(tmp_path, layout)
+    train, test = load_source(f"folder:{tmp_path}", "train"), load_source(f"folder:{tmp_path}", "test")
+    _check_coded(train, layout, "train")
+    _check_coded(test, layout, "test")
+    assert test.classes == train.classes == ["bird", "cat", "dog"]
+    assert sorted(test.labels.tolist()) == [1, 1, 2]
+
+
+def test_nested_folders_label_by_their_top_class_folder(tmp_path):
+    """A wrapping folder is skipped; images deeper inside a class folder belong to that class."""
+    layout = {"train/cat": 2, "train/cat/indoor": 2, "train/eel/a/b": 1, "train/dog": 1, "test/cat/x": 1, "test/eel": 2}
+    _write_coded(tmp_path / "wrap", layout)  # the whole layout inside one wrapping folder
+    train, test = load_source(f"folder:{tmp_path}", "train"), load_source(f"folder:{tmp_path}", "test")
+    assert train.classes == ["cat", "dog", "eel"] and len(train) == 6
+    _check_coded(train, layout, "train")
+    _check_coded(test, layout, "test")
+    # Without splits: class folders at the top, deeper folders inside them.
+    flat = {"cat": 1, "cat/deep/er": 2, "bird": 2}
+    _write_coded(tmp_path / "flat", flat)
+    arr = load_source(f"folder:{tmp_path / 'flat'}", "train")
+    assert arr.classes == ["bird", "cat"]
+    _check_coded(arr, flat, None)
 
 
 def test_folder_unlabelled_and_resize(tmp_path):
-    _write_images(tmp_path, {"": 4})
+    _write_coded(tmp_path, {"": 4})
     arr = load_source(f"folder:{tmp_path}", "train", size=8)
     assert arr.images.shape == (4, 8, 8, 3) and arr.labels is None
+    _check_coded(arr, {"": 4}, None)  # flat colours stay exact through the resize
 
 
 def test_tarball_read_without_extracting(tmp_path):
     src = tmp_path / "src"
-    _write_images(src / "wrapped", {"train/a": 2, "train/b": 2, "test/a": 1, "test/b": 1})
-    archive = tmp_path / "imgs.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(src / "wrapped", arcname="wrapped")
-    train = load_source(f"folder:{archive}", "train")
-    assert train.images.shape == (4, 10, 12, 3) and train.classes == ["a", "b"]
-    assert len(load_source(f"folder:{archive}", "test")) == 2
+    layout = {"train/dog": 2, "train/bird": 3, "train/cat/sub": 1, "test/bird": 1, "test/dog": 2}
+    _write_coded(src / "wrapped", layout)
+    for name, mode in (("imgs.tar.gz", "w:gz"), ("imgs.tar", "w")):
+        archive = tmp_path / name
+        with tarfile.open(archive, mode) as tar:
+            tar.add(src / "wrapped", arcname="wrapped")
+        train = load_source(f"folder:{archive}", "train")
+        test = load_source(f"folder:{archive}", "test")
+        assert train.images.shape == (6, 10, 12, 3) and train.classes == ["bird", "cat", "dog"]
+        _check_coded(train, layout, "train")
+        _check_coded(test, layout, "test")
+        assert test.classes == train.classes
     assert not (tmp_path / "wrapped").exists()
 
 

@@ -1,6 +1,17 @@
+import pytest
 import torch
 
 from selfsup.eval import knn_accuracy, knn_predict, probe_pool, train_linear_probes
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: this file's tensors are small, and on a busy 2-core machine two threads spent most of their time
+    waiting on each other (tests/test_recipes.py has the numbers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _blobs(n_per=60, d=16, classes=4, spread=0.3, seed=0):
@@ -17,25 +28,50 @@ def test_knn_on_separable_blobs():
     assert knn_accuracy(xtr, ytr, xte + 0.01, yte, 4, k=10, temperature=0.1) == 100.0
 
 
+def _naive_votes(bank, labels, queries, classes, k, t):
+    """Weighted kNN written out: the k most cosine-similar bank entries vote exp(similarity / t) for their class."""
+    bn = bank / bank.norm(dim=1, keepdim=True)
+    out = torch.zeros(len(queries), classes)
+    for i, q in enumerate(queries):
+        sims = bn @ (q / q.norm())
+        for j in sims.argsort(descending=True)[:k]:
+            out[i, labels[j]] += torch.exp(sims[j] / t)
+    return out
+
+
 def test_knn_matches_a_naive_weighted_vote():
     g = torch.Generator().manual_seed(3)
     bank, labels = torch.randn(50, 6, generator=g), torch.randint(0, 3, (50,), generator=g)
     queries = torch.randn(7, 6, generator=g)
     scores = knn_predict(bank, labels, queries, 3, k=5, temperature=0.2, chunk=3)
-    bn = bank / bank.norm(dim=1, keepdim=True)
-    for i, q in enumerate(queries):
-        sims = bn @ (q / q.norm())
-        top = sims.argsort(descending=True)[:5]
-        expect = torch.zeros(3)
-        for j in top:
-            expect[labels[j]] += torch.exp(sims[j] / 0.2)
-        torch.testing.assert_close(scores[i], expect, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scores, _naive_votes(bank, labels, queries, 3, 5, 0.2), rtol=1e-4, atol=1e-5)
+
+
+def test_knn_accuracy_is_the_naive_votes_accuracy():
+    """On data where kNN is neither always right nor always wrong, the accuracy is that of the naive vote."""
+    g = torch.Generator().manual_seed(5)
+    bank, labels = torch.randn(80, 5, generator=g), torch.randint(0, 4, (80,), generator=g)
+    queries, truth = torch.randn(40, 5, generator=g), torch.randint(0, 4, (40,), generator=g)
+    expected = 100.0 * (_naive_votes(bank, labels, queries, 4, 7, 0.1).argmax(1) == truth).float().mean().item()
+    assert 0 < expected < 100
+    assert knn_accuracy(bank, labels, queries, truth, 4, k=7, temperature=0.1) == pytest.approx(expected)
+    # Separable blobs with shuffled training labels fall to about chance (25%).
+    xtr, ytr = _blobs(seed=0)
+    xte, yte = _blobs(n_per=20, seed=2)
+    shuffled = ytr[torch.randperm(len(ytr), generator=g)]
+    assert knn_accuracy(xtr, shuffled, xte, yte, 4, k=10, temperature=0.1) < 60
 
 
 def test_probe_pool_sizes():
-    assert probe_pool(torch.zeros(2, 64, 32, 32)).shape == (2, 64 * 12 * 12)  # 9216 ~ 9600
+    x = torch.randn(2, 64, 36, 36, generator=torch.Generator().manual_seed(0))
+    pooled = probe_pool(x)
+    assert pooled.shape == (2, 64 * 12 * 12)  # 9216 ~ 9600
+    # Each output is the mean of its own 3x3 block of its own channel.
+    torch.testing.assert_close(pooled, x.view(2, 64, 12, 3, 12, 3).mean((3, 5)).flatten(1))
+    assert probe_pool(torch.zeros(2, 64, 32, 32)).shape == (2, 64 * 12 * 12)
     assert probe_pool(torch.zeros(2, 256, 4, 4)).shape == (2, 256 * 4 * 4)  # never upsampled
-    assert probe_pool(torch.zeros(2, 128)).shape == (2, 128)
+    flat = torch.randn(2, 128)
+    assert probe_pool(flat) is flat
 
 
 def test_linear_probes_learn_separable_and_fail_on_noise():

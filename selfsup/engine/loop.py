@@ -372,6 +372,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 bad = flag.bool()
             if bad.item():
+                bar.close()  # the error starts its own line
                 raise SelfSupError(f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, and "
                                    f"{run.kept()} — lower optim.lr or check the data")
             if run.writer:
