@@ -28,3 +28,13 @@ def shared_cifar(tmp_path_factory) -> Path:
 def shared_cache(tmp_path_factory) -> Path:
     """One decoded cache shared by the tests that read the big CIFAR copy, so it is decoded once per session."""
     return tmp_path_factory.mktemp("shared-cache")
+
+
+@pytest.fixture
+def one_thread():
+    """One thread for a test of small tensors: on a busy 2-core machine two threads spend most of their time waiting
+    on each other (tests/test_recipes.py says by how much)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

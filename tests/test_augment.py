@@ -11,15 +11,7 @@ from torchvision.transforms import InterpolationMode
 
 from selfsup.augmentation import GRAY, MEAN, STD, AugmentConfig, augment, augment_unit, simclr_recipe, to_input
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: this file's tensors are small, and on a busy 2-core machine two threads spent most of their time
-    waiting on each other (tests/test_recipes.py has the numbers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 IDENTITY = AugmentConfig(size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,

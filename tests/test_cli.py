@@ -13,15 +13,7 @@ from PIL import Image
 
 from selfsup.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: this file's tensors are small, and on a busy 2-core machine two threads spent most of their time
-    waiting on each other (tests/test_recipes.py has the numbers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROOT = Path(__file__).parents[1]
@@ -139,7 +131,7 @@ def nan_run(tmp_path_factory, folder) -> tuple[int, str, str]:
         patch.setenv("SELFSUP_CACHE", str(tmp_path_factory.mktemp("cache")))  # module scope: before conftest's own
         patch.setattr(SimCLR, "training_step", lambda self, b: {"loss": real_step(self, b)["loss"] * float("nan")})
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as _one_thread does for the tests (a module fixture is set up before it)
+        torch.set_num_threads(1)  # as the one_thread fixture does for the tests (a module fixture is set up before it)
         status = main(argv)
         torch.set_num_threads(threads)
     return status, out.getvalue(), err.getvalue()

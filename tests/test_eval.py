@@ -3,15 +3,7 @@ import torch
 
 from selfsup.eval import knn_accuracy, knn_predict, probe_pool, train_linear_probes
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: this file's tensors are small, and on a busy 2-core machine two threads spent most of their time
-    waiting on each other (tests/test_recipes.py has the numbers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n_per=60, d=16, classes=4, spread=0.3, seed=0):

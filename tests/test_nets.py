@@ -6,15 +6,7 @@ import torchvision
 from selfsup.errors import SelfSupError
 from selfsup.nets import build_backbone
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: this file's tensors are small, and on a busy 2-core machine two threads spent most of their time
-    waiting on each other (tests/test_recipes.py has the numbers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Per-image tap shapes at 32 px, from each net's documented layout (CIFAR stem for the ResNet: no down-sampling in the

@@ -29,14 +29,9 @@ N = 8  # training images in the tiny source
 BATCH = 2  # the smallest batch batch-norm trains on
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Steps on 2 images are too small to share between threads: on a busy 2-core machine two threads took this file
-    three times longer (50 s against 15 s, and 34 s of CPU against 10 s, mostly threads waiting on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Steps on 2 images are too small to share between threads: on a busy 2-core machine two threads took this file three
+# times longer (50 s against 15 s, and 34 s of CPU against 10 s, mostly threads waiting on each other).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_source(size: int) -> ImageArray:

@@ -119,11 +119,11 @@ def _load_verified(stem: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]
     return images, labels, [str(c) for c in classes]
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) beside `path`, then rename it over `path`; the temporary file never outlives a failure."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -131,6 +131,14 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
         except OSError:
             pass
         raise
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file, not a name: np.save would append .npy to the temporary name
+            np.save(f, array)
+
+    _write_atomic(path, write)
 
 
 def _write(stem: Path, images: np.ndarray, labels: np.ndarray | None, classes: list[str]) -> None:
@@ -145,16 +153,7 @@ def _write(stem: Path, images: np.ndarray, labels: np.ndarray | None, classes: l
     if labels is not None:
         _save_npy_atomic(labels_path, labels)
         meta.update(labels_bytes=labels_path.stat().st_size, labels_sha256=_labels_sha(labels))
-    tmp = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+    _write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
 
 
 def _pointer(root: Path, name: str, source: str) -> Path:
