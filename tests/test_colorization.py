@@ -4,24 +4,59 @@ import numpy as np
 import pytest
 import torch
 from fitting import fit
-from kornia.color import lab_to_rgb, rgb_to_lab
+from kornia.color import rgb_to_lab
 
 from selfsup.config import load_config
 from selfsup.methods import DataInfo, build_method
 from selfsup.methods.colorization import annealed_mean, gamut_bins, rebalancing_weights, soft_encode
 
 
-def test_lab_round_trips():
-    rgb = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(lab_to_rgb(rgb_to_lab(rgb)), rgb, atol=1e-5, rtol=0)
+def _cie_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0,1] (..., 3) -> CIE Lab under D65, straight from the sRGB and CIE 1976 definitions, in float64."""
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+                       [0.0193339, 0.1191920, 0.9503041]])
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])  # relative to the D65 white
+    d = 6 / 29
+    f = np.where(xyz > d ** 3, np.cbrt(xyz), xyz / (3 * d * d) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+COLOURS = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0],
+                    [0.5, 0.5, 0.5], [0.2, 0.7, 0.4], [0.9, 0.6, 0.1], [0.02, 0.03, 0.01]])  # the last: linear segment
+
+
+def test_lab_matches_the_cie_formulas():
+    from selfsup.methods import colorization
+
+    # The reference itself, against published values: white, black, sRGB red, green and blue.
+    published = [[100, 0, 0], [0, 0, 0], [53.2408, 80.0925, 67.2032], [87.7347, -86.1827, 83.1793],
+                 [32.2970, 79.1875, -107.8602]]
+    np.testing.assert_allclose(_cie_lab(COLOURS[:5]), published, atol=2e-3)
+    expected = torch.from_numpy(_cie_lab(COLOURS)).float()
+    rgb = torch.from_numpy(COLOURS).float().T.reshape(1, 3, 1, -1)
+    # The conversions the method uses: its targets (rgb -> Lab) and its output (Lab -> rgb) ...
+    torch.testing.assert_close(colorization.rgb_to_lab(rgb)[0, :, 0].T, expected, atol=0.02, rtol=0)
+    torch.testing.assert_close(colorization.lab_to_rgb(expected.T.reshape(1, 3, 1, -1))[0, :, 0].T,
+                               rgb[0, :, 0].T, atol=1e-3, rtol=0)
+    # ... and what the network sees: L alone, from 0..100 to -1..1, on all three input channels.
+    cfg = load_config(overrides={"method": "colorization", "model": {"backbone": "exemplar_small", "input_size": 16},
+                                 "augment": {"size": 16}})
+    seen = build_method(cfg, DataInfo(8)).input_transform(rgb)
+    torch.testing.assert_close(seen, (expected[:, 0] / 50 - 1).view(1, 1, 1, -1).expand(1, 3, 1, -1), atol=5e-4,
+                               rtol=0)
 
 
 def test_gamut_bins_cover_every_srgb_colour():
     bins = gamut_bins(10.0)
     assert len(bins) == 262 and bins.abs().max() <= 110
-    rgb = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    ab = rgb_to_lab(rgb)[0, 1:].reshape(2, -1).T
-    assert torch.cdist(ab, bins).min(1).values.max() <= 5 * 2 ** 0.5 + 1e-4  # every colour lies in some bin's cell
+    # The ab cells that a grid of sRGB colours (49^3) falls in, by the CIE formulas: every one is a bin, and
+    # only the thinnest slivers of the gamut (one cell here) escape the grid.
+    g = np.linspace(0, 1, 49)
+    ab = _cie_lab(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3))[:, 1:]
+    hit = {tuple(c) for c in (np.round(ab / 10) * 10).astype(int).tolist()}
+    binned = {tuple(c) for c in bins.round().int().tolist()}
+    assert hit <= binned and len(binned - hit) <= 1
 
 
 def test_soft_targets_sum_to_one_and_peak_at_the_nearest_bin():
@@ -35,19 +70,21 @@ def test_soft_targets_sum_to_one_and_peak_at_the_nearest_bin():
 
 
 def test_rebalancing_weights_follow_their_definition():
-    bins = gamut_bins()
-    prior = torch.rand(len(bins), generator=torch.Generator().manual_seed(2), dtype=torch.float64) ** 4
-    prior /= prior.sum()
-    w = rebalancing_weights(prior, bins.double(), lam=0.5)
-    d2 = torch.cdist(bins.double(), bins.double()) ** 2
-    smoothed = torch.exp(-d2 / 50) @ prior
-    smoothed /= smoothed.sum()
-    expected = 1 / (0.5 * smoothed + 0.5 / len(bins))
-    torch.testing.assert_close(w, expected / (smoothed * expected).sum())
-    assert (smoothed * w).sum() == pytest.approx(1.0)
-    assert w[smoothed.argmin()] > w[smoothed.argmax()]  # rare colours count more
-    torch.testing.assert_close(rebalancing_weights(prior, bins.double(), lam=1.0),
-                               torch.ones(len(bins), dtype=torch.float64))
+    # w_q proportional to 1 / ((1 - lambda) p_q + lambda / Q), scaled so that sum_q p_q w_q = 1 (Zhang et al. eq. 4).
+    # Two bins too far apart for the sigma-5 smoothing to mix them, p = (0.8, 0.2), lambda 0.25:
+    # w = (1/0.725, 1/0.275) / (0.8/0.725 + 0.2/0.275) = (55/73, 145/73).
+    far = torch.tensor([[0.0, 0.0], [1000.0, 0.0]], dtype=torch.float64)
+    prior = torch.tensor([0.8, 0.2], dtype=torch.float64)
+    torch.testing.assert_close(rebalancing_weights(prior, far, lam=0.25),
+                               torch.tensor([55 / 73, 145 / 73], dtype=torch.float64))
+    # Three bins 10 apart, all mass on the first: smoothing with sigma 5 spreads it as exp(-d^2 / 50), so the
+    # smoothed prior is (1, e^-2, e^-8) / (1 + e^-2 + e^-8) = (0.88054, 0.11917, 0.00030), and the weights
+    # (1 / (0.5 p + 1/6)) normalised under it are (0.83244, 2.23309, 3.02874).
+    line = torch.tensor([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]], dtype=torch.float64)
+    w = rebalancing_weights(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), line, lam=0.5)
+    torch.testing.assert_close(w, torch.tensor([0.83244, 2.23309, 3.02874], dtype=torch.float64), atol=1e-5, rtol=0)
+    # lambda = 1 ignores the prior: every bin weighs 1.
+    torch.testing.assert_close(rebalancing_weights(prior, far, lam=1.0), torch.ones(2, dtype=torch.float64))
 
 
 def test_annealed_mean_goes_from_mean_to_mode():

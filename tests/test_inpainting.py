@@ -1,5 +1,7 @@
 """Context encoder: masks cover the stated area, the rim stays visible, and the fill beats the mean on a tiny set."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -52,16 +54,17 @@ def _stripes(n: int, seed: int) -> torch.Tensor:
 
 
 def test_context_encoder_fills_the_hole_better_than_the_mean():
-    cfg = load_config(overrides={"method": "inpainting", "model": {"backbone": "exemplar_small", "input_size": 32},
-                                 "augment": {"size": 32, "crop_scale": [1.0, 1.0], "jitter_p": 0.0, "grayscale_p": 0.0,
+    cfg = load_config(overrides={"method": "inpainting", "model": {"backbone": "exemplar_small", "input_size": 16},
+                                 "augment": {"size": 16, "crop_scale": [1.0, 1.0], "jitter_p": 0.0, "grayscale_p": 0.0,
                                              "flip_p": 0.0}, "inpainting": {"decoder_width": 32}})
     torch.manual_seed(0)
     method = build_method(cfg, DataInfo(64))
-    images = _stripes(64, 0)
-    losses = [h["loss"].item() for h in fit(method, images, 60, torch.optim.Adam(method.parameters(), lr=3e-3))]
+    images = _stripes(64, 0)[:, :16, :16].contiguous()
+    losses = [h["loss"].item() for h in fit(method, images, 40, torch.optim.Adam(method.parameters(), lr=3e-3))]
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     method.eval()
-    x = method.view(Batch(_stripes(16, 5), torch.arange(16), torch.Generator().manual_seed(2)), method.aug)
+    x = method.view(Batch(_stripes(16, 5)[:, :16, :16].contiguous(), torch.arange(16),
+                          torch.Generator().manual_seed(2)), method.aug)
     region, erased = method.masks(16, None, "cpu")
     with torch.no_grad():
         pred = method.inpaint(x, erased)
@@ -76,6 +79,56 @@ def _small(**inpainting):
                                  "augment": {"size": 16}, "inpainting": {"decoder_width": 16, **inpainting}})
     torch.manual_seed(0)
     return build_method(cfg, DataInfo(8))
+
+
+def _loss_of(m, pred: torch.Tensor, x: torch.Tensor) -> dict:
+    """m's training step on the normalised image x, with the decoder's prediction replaced by `pred`."""
+    m.view = lambda batch, aug=None: x
+    m.inpaint = lambda inp, erased: pred
+    return m(Batch(torch.zeros(len(x), 16, 16, 3, dtype=torch.uint8), torch.arange(len(x)),
+                   torch.Generator().manual_seed(0)))
+
+
+def test_rim_counts_ten_times_and_the_rest_of_the_image_not_at_all():
+    m = _small()  # central mask at 16 px: an 8x8 region whose inner 4x4 is erased, leaving a rim of 48 pixels
+    region, erased = m.masks(1, None, "cpu")
+    rim = region - erased
+    assert region.sum() == 64 and erased.sum() == 16 and rim.sum() == 48
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    # The loss is the weighted squared error over the region's 3 x 64 values: the erased centre weighs 1, the rim 10.
+    assert _loss_of(m, x + erased, x)["loss"].item() == pytest.approx(3 * 16 / (3 * 64))
+    assert _loss_of(m, x + rim, x)["loss"].item() == pytest.approx(10 * 3 * 48 / (3 * 64))
+    assert _loss_of(m, x + 5 * (1 - region), x)["loss"].item() == pytest.approx(0.0)
+    one = torch.zeros_like(x)
+    one[0, 1, 4, 9] = 2.0  # one channel of one rim pixel off by 2 (row 4 is the region's top row)
+    assert _loss_of(m, x + one, x)["loss"].item() == pytest.approx(10 * 4 / (3 * 64))
+    # The encoder sees the rim: only the inner 4x4 is zeroed in its input.
+    seen = []
+    forward_taps = m.backbone.forward_taps
+    m.backbone.forward_taps = lambda inp, names: (seen.append(inp), forward_taps(inp, names))[1]
+    type(m).inpaint(m, x, erased)
+    torch.testing.assert_close(seen[0], x * (1 - erased))
+    assert (seen[0][0, :, 4:12, 4:12] != 0).sum() == 3 * 48
+
+
+def test_adversarial_term_joins_the_reconstruction_as_the_paper_weighs_it():
+    m = _small(adversarial=0.25)
+
+    class Brightness(torch.nn.Module):  # a discriminator whose logits are known: 4 x the image's mean
+        def forward(self, img):
+            return 4 * img.mean(dim=(1, 2, 3))
+
+    m.discriminator = Brightness()
+    x = torch.zeros(2, 3, 16, 16)
+    out = _loss_of(m, torch.ones_like(x), x)
+    # Reconstruction: error 1 everywhere, (16 + 10 * 48) / 64 = 7.75. The fake is x with the prediction pasted into
+    # the region: mean 64/256, logit 1; the real image has logit 0. D: -log sigmoid(0) - log(1 - sigmoid(1)); the
+    # inpainter's non-saturating term: -log sigmoid(1).
+    rec, d_loss, adv = 7.75, math.log(2) + math.log(1 + math.e), math.log(1 + math.exp(-1))
+    assert out["rec_loss"].item() == pytest.approx(rec)
+    assert out["d_loss"].item() == pytest.approx(d_loss)
+    assert out["adv_loss"].item() == pytest.approx(adv)
+    assert out["loss"].item() == pytest.approx(0.75 * rec + 0.25 * adv + d_loss)
 
 
 def test_sample_grid_pastes_the_prediction_into_the_region_only():

@@ -104,8 +104,38 @@ def test_approaches_exact_lp_solution_as_lam_grows():
     np.testing.assert_allclose(q.numpy(), lp_plan, atol=1e-3)
 
 
+def _log_domain_sinkhorn_fp64(log_p: torch.Tensor, lam: float, tol: float = 1e-10, max_iter: int = 2000):
+    """Reference for uniform marginals, independent of selfsup.ot: fp64 Sinkhorn on log-domain potentials f, g.
+
+    One exact log-domain sweep (f_i = log a_i - logsumexp_j(s_ij), g_j = log b_j - logsumexp_i(s_ij + f_i)) leaves
+    every entry of exp(s + f + g) far inside fp64's range (asserted below), so the remaining sweeps are the textbook
+    scalings u = a / (K v), v = b / (K^T u) of that kernel. Returns the plan, stopped when the L1 row error < tol.
+    """
+    s = lam * log_p.double()
+    n, k = s.shape
+    a = torch.full((n,), 1 / n, dtype=torch.float64)
+    b = torch.full((k,), 1 / k, dtype=torch.float64)
+    f = a.log() - torch.logsumexp(s, 1)
+    g = b.log() - torch.logsumexp(s + f[:, None], 0)
+    kernel = torch.exp(s + f[:, None] + g)
+    assert kernel.min() > 1e-200  # no entry under- or overflows in fp64: the scalings below are exact enough
+    v = torch.ones(k, dtype=torch.float64)
+    for it in range(max_iter):
+        u = a / (kernel @ v)
+        v = b / (kernel.T @ u)
+        if it % 10 == 9 and (u * (kernel @ v) - a).abs().sum() < tol:
+            return u[:, None] * kernel * v
+    raise AssertionError("the fp64 reference did not converge")
+
+
+def _entropic_objective(q: torch.Tensor, log_p: torch.Tensor, lam: float) -> float:
+    """<Q, log P> + H(Q) / lam, the quantity the plan maximises (0 log 0 = 0)."""
+    q = q.double()
+    return ((q * log_p.double()).sum() - torch.special.xlogy(q, q).sum() / lam).item()
+
+
 def test_stable_for_lam_100_and_10000_clusters_in_fp32():
-    n, k, lam = 2000, 10_000, 100.0
+    n, k, lam = 500, 10_000, 100.0
     g = torch.Generator().manual_seed(8)
     logits = 0.1 * torch.randn(n, k, generator=g)
     logits[:, :100] -= 2.0  # clusters the model never predicts; the equal partition must still fill them
@@ -120,6 +150,14 @@ def test_stable_for_lam_100_and_10000_clusters_in_fp32():
     assert q.dtype == torch.float32 and torch.isfinite(q).all() and (q >= 0).all()
     assert _l1(q.sum(1), torch.full((n,), 1 / n)) <= 1e-5
     assert _l1(q.sum(0), torch.full((k,), 1 / k)) <= 1.1e-5
+    # The same plan as an fp64 solver's: entries, objective and hard labels (the uniform plan 1/(NK) has the right
+    # marginals too, and is 1.97 away in L1).
+    expected = _log_domain_sinkhorn_fp64(log_p, lam)
+    assert _l1(q, expected) < 1e-4
+    best = _entropic_objective(expected, log_p, lam)
+    assert abs(_entropic_objective(q, log_p, lam) - best) < 2e-5  # flat at the optimum: fp32 rounding is 6e-6
+    assert _entropic_objective(torch.full((n, k), 1 / (n * k)), log_p, lam) < best - 0.1
+    assert (q.argmax(1) == expected.argmax(1)).float().mean() > 0.99
     torch.testing.assert_close(q[:, :100].sum(0), torch.full((100,), 1 / k), atol=0, rtol=1e-2)
 
 
