@@ -64,10 +64,12 @@ def test_each_net_gets_the_gradient_of_its_own_objective():
 def test_bigan_trains_and_the_discriminator_learns_on_a_tiny_set():
     m = _bigan()
     images = torch.randint(0, 256, (64, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    history = fit(m, images, 30, torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)), seed=2)
+    history = fit(m, images, 5, torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)), seed=2)
     assert all(torch.isfinite(h["loss"]) for h in history)
-    # Early on D beats chance at telling (x, E(x)) from (G(z), z): the adversarial game is being played.
-    assert max(h["d_accuracy"].item() for h in history[:15]) > 0.6
+    # Within a few steps D tells (x, E(x)) from (G(z), z) far better than it did at its initialisation (the first
+    # step's accuracy, measured before any update, is about chance): the adversarial game is being played.
+    start = history[0]["d_accuracy"].item()
+    assert abs(start - 0.5) < 0.15 and max(h["d_accuracy"].item() for h in history[1:]) > start + 0.3
 
 
 def test_bigan_rejects_an_input_size_its_generator_cannot_make():

@@ -1,23 +1,63 @@
+"""`selfsup demo`: its grid, and a finished demo being reused (the study machinery itself is tested in test_study).
+
+A finished demo is written here as a real one leaves it, cell by cell (probes.json with the cell's config, conv1
+filters), with numbers made up so that what the report and results.json show can be told from anything computed.
+Nothing is trained: the check is that the demo's command finds its cells finished and reuses them.
+"""
+
 import json
 
-from selfsup.demo import demo_study, run_demo
+import numpy as np
+
+from selfsup.cli import main
+from selfsup.config import config_to_dict
+from selfsup.demo import demo_study
+
+CELLS = ["rotnet__all", "rotnet__astronaut", "simclr__all", "simclr__astronaut", "random__all", "supervised__all"]
 
 
 def test_demo_study_grid():
-    names = [c.name for c in demo_study().cells()]
-    assert names == ["rotnet__all", "rotnet__astronaut", "simclr__all", "simclr__astronaut", "random__all",
-                     "supervised__all"]
+    cells = {c.name: c for c in demo_study().cells()}
+    assert list(cells) == CELLS
+    assert cells["rotnet__astronaut"].config.data.source == "image:skimage/astronaut"
+    assert cells["simclr__all"].config.augment.jitter_p == 0.8 and cells["rotnet__all"].config.augment.jitter_p == 0
+    assert cells["supervised__all"].config.epochs == 5 * cells["rotnet__all"].config.epochs == 20
+    assert {c.config.eval.source for c in cells.values()} == {"digits"}  # every cell probed on the same split
 
 
-def test_demo_writes_study_report(tmp_path):
-    results = run_demo(tmp_path / "demo", epochs=1, samples_per_epoch=256)
-    assert len(results) == 6
-    for r in results.values():
-        assert list(r["linear"]) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-        assert all(0 <= a <= 100 for a in r["linear"].values()) and 0 <= r["knn"] <= 100
-    report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| rotnet · 1 image (astronaut) |" in report and "| random init |" in report
+def _finished_demo(out, epochs: int) -> dict:
+    rng = np.random.default_rng(0)
+    saved = {}
+    for i, cell in enumerate(demo_study(epochs).cells()):
+        cell_dir = out / "cells" / cell.name
+        cell_dir.mkdir(parents=True)
+        np.save(cell_dir / "conv1_filters.npy", rng.normal(size=(16, 3, 5, 5)).astype(np.float32))
+        saved[cell.name] = {"cell": cell.name, "label": cell.label, "method": cell.method, "source": cell.source,
+                            "linear": {f"conv{j}": 11.0 * (i + 1) + j for j in range(1, 6)}, "knn": 30.5 + i,
+                            "epochs": epochs}
+        (cell_dir / "probes.json").write_text(json.dumps({**saved[cell.name], "config": config_to_dict(cell.config)}))
+    return saved
+
+
+def test_a_finished_demo_is_reused_not_retrained(tmp_path, capsys):
+    out = tmp_path / "demo"
+    saved = _finished_demo(out, epochs=1)
+    probes = {name: (out / "cells" / name / "probes.json").read_text() for name in CELLS}
+
+    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    assert json.loads((out / "results.json").read_text()) == saved  # the cells' own numbers, nothing recomputed
+    for name in CELLS:
+        assert not (out / "cells" / name / "checkpoint.pt").exists()  # nothing trained
+        assert (out / "cells" / name / "probes.json").read_text() == probes[name]
+    report = (out / "report.md").read_text()
+    assert "    selfsup demo --epochs 1\n" in report
+    assert "| rotnet · 1 image (astronaut) | 23.0 | 24.0 | 25.0 | 26.0 | 27.0 | 31.5 |" in report
+    assert "| random init | 56.0 |" in report and "| supervised · all images | 67.0 |" in report
     for png in ("layers.png", "filters.png", "sources.png"):
-        assert (tmp_path / "demo" / png).stat().st_size > 1000
-    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert {k: v["linear"] for k, v in saved.items()} == {k: v["linear"] for k, v in results.items()}
+        assert (out / png).stat().st_size > 1000
+
+    # The default demo (4 epochs) is another grid: the 1-epoch cells are neither reused as its results nor replaced.
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out)]) == 2
+    assert "6 of 6 cells failed" in capsys.readouterr().err
+    assert all((out / "cells" / name / "probes.json").read_text() == probes[name] for name in CELLS)

@@ -48,13 +48,15 @@ def test_classifiers_learn_on_a_frozen_backbone_and_leave_it_unchanged():
     torch.manual_seed(0)
     net = build_backbone("alexnet_small", width=0.25)
     before = {k: v.clone() for k, v in net.state_dict().items()}
+    # 16 px and a few epochs: minutes of the paper's protocol become seconds, and the heads still leave chance (10%,
+    # where they start) far behind.
     accs = train_heads(net, ["conv1", "conv2"], "mlp", train.images, train.labels, test.images, test.labels,
-                       size=32, device=torch.device("cpu"), epochs=4, progress=False)
+                       size=16, device=torch.device("cpu"), epochs=3, progress=False)
     assert list(accs) == ["conv1", "conv2"]
-    assert min(accs.values()) > 60  # chance is 10%
+    assert min(accs.values()) > 60
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # frozen, batch-norm statistics too
-    conv = train_heads(net, ["conv3"], "conv", train.images, train.labels, test.images, test.labels, size=32,
-                       device=torch.device("cpu"), epochs=8, progress=False)
+    conv = train_heads(net, ["conv3"], "conv", train.images, train.labels, test.images, test.labels, size=16,
+                       device=torch.device("cpu"), epochs=6, progress=False)
     assert conv["conv3"] > 60
     with pytest.raises(SelfSupError, match="unknown classifier"):
         train_heads(net, ["conv2"], "svm", train.images, train.labels, test.images, test.labels, size=32,

@@ -50,17 +50,22 @@ def test_nin_blocks_and_shapes():
 
 
 def test_rotnet_learns_the_pretext_task_on_a_tiny_set(tmp_path):
-    cfg = tiny_config(method="rotnet", epochs=6, data={"samples_per_epoch": None},
+    cfg = tiny_config(method="rotnet", epochs=4, data={"samples_per_epoch": None, "num_images": 256},
                       optim={"lr": 0.05, "warmup_epochs": 0}, eval={"knn_every": 0})
     pretrain(cfg, tmp_path / "run", progress=False)
-    method = load_run(tmp_path / "run")
-    assert isinstance(method, RotNet)
     test = load_source("digits", "test", size=16)
     x = to_input(torch.tensor(test.images[:200]), 16)
     rotated, labels = rotation_batch(x, 4)
-    with torch.no_grad():
-        acc = (method.classifier(method.backbone(rotated)).argmax(1) == labels).float().mean().item()
-    assert acc > 0.6, acc  # chance is 0.25
+
+    def accuracy(method) -> float:
+        with torch.no_grad():
+            return (method.classifier(method.backbone(rotated)).argmax(1) == labels).float().mean().item()
+
+    method = load_run(tmp_path / "run")
+    assert isinstance(method, RotNet)
+    # Held-out digits, against the same run's own starting point (which guesses one rotation: 0.25).
+    start, trained = accuracy(load_run(tmp_path / "run", random_init=True)), accuracy(method)
+    assert trained > start + 0.2, (start, trained)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
 

@@ -3,8 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from selfsup.engine import load_checkpoint, save_checkpoint
+from selfsup.data import load_source
+from selfsup.engine import load_checkpoint, load_run, save_checkpoint
 from selfsup.errors import SelfSupError
+from selfsup.eval.protocols import knn
 from selfsup.study import make_study, run_study, source_slug, write_study_report
 
 BASE = {"epochs": 1, "batch_size": 32, "log_every": 2,
@@ -54,6 +56,13 @@ def test_study_resumes_without_redoing_finished_cells(tmp_path):
     assert set(first) == {"rotnet__all", "rotnet__astronaut", "random__all"}
     for r in first.values():
         assert list(r["linear"]) == ["conv1", "conv2", "conv3", "conv4", "conv5"] and 0 <= r["knn"] <= 100
+    # Recomputed from the saved runs with the public kNN: the trained cell's number is its final weights', and the
+    # random-init baseline is the backbone the runs started from (load_run(random_init=True)), not some other draw.
+    digits = [load_source("digits", split, size=16) for split in ("train", "test")]
+    cell = tmp_path / "cells" / "rotnet__all"
+    assert first["rotnet__all"]["knn"] == round(knn(load_run(cell), *digits), 2)
+    assert first["random__all"]["knn"] == round(knn(load_run(cell, random_init=True), *digits), 2)
+    assert first["random__all"]["knn"] != first["rotnet__all"]["knn"]
     ckpt = tmp_path / "cells" / "rotnet__all" / "checkpoint.pt"
     stamp = ckpt.stat().st_mtime_ns
     random_probes = (tmp_path / "cells" / "random__all" / "probes.json").stat().st_mtime_ns
