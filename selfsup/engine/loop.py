@@ -540,9 +540,13 @@ def abort(run: Run) -> None:
     if run.writer:
         run.writer.close()
     if run.aside is not None:
-        restore_aside(run.out, run.aside)
-        print(f"selfsup: the new run stopped before its first checkpoint; the old run is back in {run.out}",
-              file=sys.stderr)
+        try:
+            restore_aside(run.out, run.aside)
+            print(f"selfsup: the new run stopped before its first checkpoint; the old run is back in {run.out}",
+                  file=sys.stderr)
+        except OSError as e:  # never hide the error that stopped the run behind this one
+            print(f"selfsup: the new run stopped before its first checkpoint, and the old run could not be put back "
+                  f"({e.strerror or e}); its files are in {run.aside}", file=sys.stderr)
         run.aside = None
     _drop_lock(run.lock)
 
