@@ -148,14 +148,19 @@ def _check_coded(arr, layout: dict[str, int], split: str | None) -> None:
     assert [arr.classes[label] for label in arr.labels] == [by_red[red] for red, _, _ in got]
 
 
+def _splits(spec: str, layout: dict[str, int]):
+    """The train and test splits of a folder source, each image's label checked against its colour."""
+    train, test = load_source(spec, "train"), load_source(spec, "test")
+    _check_coded(train, layout, "train")
+    _check_coded(test, layout, "test")
+    return train, test
+
+
 def test_folder_with_splits_and_classes(tmp_path):
     layout = {"train/cat": 3, "train/dog": 2, "train/bird": 2, "val/cat": 1, "val/dog": 2, "val/bird": 1}
     _write_coded(tmp_path / "data", layout)
-    train = load_source(f"folder:{tmp_path / 'data'}", "train")
-    test = load_source(f"folder:{tmp_path / 'data'}", "test")
+    train, test = _splits(f"folder:{tmp_path / 'data'}", layout)
     assert train.images.shape == (7, 10, 12, 3) and train.classes == ["bird", "cat", "dog"]
-    _check_coded(train, layout, "train")
-    _check_coded(test, layout, "test")
     assert test.classes == train.classes
 
 
@@ -163,9 +168,7 @@ def test_folder_splits_share_class_numbers(tmp_path):
     """A test split without one of the classes keeps the training split's numbering (else probes score wrong)."""
     layout = {"train/bird": 2, "train/cat": 2, "train/dog": 1, "test/cat": 2, "test/dog": 1}
     _write_coded(tmp_path, layout)
-    train, test = load_source(f"folder:{tmp_path}", "train"), load_source(f"folder:{tmp_path}", "test")
-    _check_coded(train, layout, "train")
-    _check_coded(test, layout, "test")
+    train, test = _splits(f"folder:{tmp_path}", layout)
     assert test.classes == train.classes == ["bird", "cat", "dog"]
     assert sorted(test.labels.tolist()) == [1, 1, 2]
 
@@ -174,10 +177,8 @@ def test_nested_folders_label_by_their_top_class_folder(tmp_path):
     """A wrapping folder is skipped; images deeper inside a class folder belong to that class."""
     layout = {"train/cat": 2, "train/cat/indoor": 2, "train/eel/a/b": 1, "train/dog": 1, "test/cat/x": 1, "test/eel": 2}
     _write_coded(tmp_path / "wrap", layout)  # the whole layout inside one wrapping folder
-    train, test = load_source(f"folder:{tmp_path}", "train"), load_source(f"folder:{tmp_path}", "test")
+    train, _ = _splits(f"folder:{tmp_path}", layout)
     assert train.classes == ["cat", "dog", "eel"] and len(train) == 6
-    _check_coded(train, layout, "train")
-    _check_coded(test, layout, "test")
     # Without splits: class folders at the top, deeper folders inside them.
     flat = {"cat": 1, "cat/deep/er": 2, "bird": 2}
     _write_coded(tmp_path / "flat", flat)
@@ -201,11 +202,8 @@ def test_tarball_read_without_extracting(tmp_path):
         archive = tmp_path / name
         with tarfile.open(archive, mode) as tar:
             tar.add(src / "wrapped", arcname="wrapped")
-        train = load_source(f"folder:{archive}", "train")
-        test = load_source(f"folder:{archive}", "test")
+        train, test = _splits(f"folder:{archive}", layout)
         assert train.images.shape == (6, 10, 12, 3) and train.classes == ["bird", "cat", "dog"]
-        _check_coded(train, layout, "train")
-        _check_coded(test, layout, "test")
         assert test.classes == train.classes
     assert not (tmp_path / "wrapped").exists()
 

@@ -27,13 +27,17 @@ CONFIG = "config.yaml"
 EVAL_LOG = "eval.jsonl"
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then rename over it."""
-    tmp = path.with_name(path.name + ".tmp")
+def _save_synced(obj, tmp: Path) -> None:
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then rename over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    _save_synced(obj, tmp)
     os.replace(tmp, path)
 
 
@@ -79,10 +83,7 @@ def save_checkpoint(run_dir: Path, state: dict, replace_damaged: bool = False) -
     state = _to_cpu(state)  # one copy off the device, hashed and saved from the same tensors
     path, tmp = run_dir / CHECKPOINT, run_dir / (CHECKPOINT + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save({**state, "digest": state_digest(state)}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _save_synced({**state, "digest": state_digest(state)}, tmp)
         if path.exists() and not replace_damaged:
             _keep_as_previous(path, run_dir / PREVIOUS)
         os.replace(tmp, path)
@@ -154,6 +155,14 @@ def has_checkpoint(run_dir: Path) -> bool:
     return (run_dir / CHECKPOINT).is_file() or (run_dir / PREVIOUS).is_file()
 
 
+def require_checkpoint(run_dir: Path) -> None:
+    """A one-line error when a run to resume has no checkpoint (saying why when it stopped in its first epoch)."""
+    if not has_checkpoint(run_dir):
+        raise SelfSupError(f"cannot resume: no {CHECKPOINT} in {run_dir}"
+                           + (" (the run stopped before its first epoch ended; start it again with --force)"
+                              if (run_dir / CONFIG).is_file() else ""))
+
+
 def _contents(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name != LOCK] if path.is_dir() else []
 
@@ -168,10 +177,7 @@ def check_run_dir(out: Path, resume: bool, force: bool, data_paths: list[Path] =
     """Refuse what would lose a user's files: a run that exists (without `force`), a folder that is not a run, a
     folder that holds the data; `resume` needs a checkpoint to continue from."""
     if resume:
-        if not has_checkpoint(out):
-            raise SelfSupError(f"cannot resume: no {CHECKPOINT} in {out}"
-                               + (" (the run stopped before its first epoch ended; start it again with --force)"
-                                  if (out / CONFIG).is_file() else ""))
+        require_checkpoint(out)
         return
     if not _contents(out):
         return
@@ -290,6 +296,6 @@ def read_metrics(out: Path) -> list[dict]:
 
 
 __all__ = ["CHECKPOINT", "PREVIOUS", "METRICS", "CONFIG", "EVAL_LOG", "ASIDE", "RUN_FILES", "save_atomic",
-           "save_checkpoint", "load_checkpoint", "read_checkpoint", "state_digest", "has_checkpoint", "is_run_dir",
-           "check_run_dir", "move_aside", "restore_aside", "foreign_files", "append_jsonl", "read_jsonl",
-           "append_metrics", "write_metrics", "read_metrics", "DamagedCheckpoint"]
+           "save_checkpoint", "load_checkpoint", "read_checkpoint", "state_digest", "has_checkpoint",
+           "require_checkpoint", "is_run_dir", "check_run_dir", "move_aside", "restore_aside", "foreign_files",
+           "append_jsonl", "read_jsonl", "append_metrics", "write_metrics", "read_metrics", "DamagedCheckpoint"]

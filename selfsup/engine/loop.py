@@ -33,10 +33,10 @@ from selfsup.engine.checkpoint import (
     append_metrics,
     check_run_dir,
     foreign_files,
-    has_checkpoint,
     load_checkpoint,
     move_aside,
     read_metrics,
+    require_checkpoint,
     restore_aside,
     save_checkpoint,
     write_metrics,
@@ -555,10 +555,7 @@ def resume_config(out: str | Path) -> Config:
     """The config to resume run `out` with: the one saved in its last good checkpoint. config.yaml is the readable
     copy; when it is damaged or was edited it is reported and left out (changes go in as key=value overrides)."""
     out = Path(out)
-    if not has_checkpoint(out):
-        raise SelfSupError(f"cannot resume: no checkpoint in {out}"
-                           + (" (the run stopped before its first epoch ended; start it again with --force)"
-                              if (out / CONFIG).is_file() else ""))
+    require_checkpoint(out)
     cfg = load_run_config(load_checkpoint(out)["config"])
     try:
         same = config_to_dict(load_run_config(out / CONFIG)) == config_to_dict(cfg)
