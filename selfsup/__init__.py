@@ -3,10 +3,12 @@
 The public API, imported on first use (so `import selfsup` and the command line stay quick):
 
     backbones     build_backbone, wrap, Backbone
-    augmentation  augment, AugmentConfig, simclr_recipe, single_image_recipe
-    heads, losses ProjectionHead, PredictionHead (selfsup.heads), nt_xent (selfsup.losses)
-    methods       SimCLR, SeLa, DeepCluster, ... (selfsup.methods), Method, register_method, build_method, METHODS
-    optimal transport  sinkhorn, self_label
+    augmentation  augment, AugmentConfig, MultiCropConfig, simclr_recipe, single_image_recipe
+    heads, losses ProjectionHead, PredictionHead, Prototypes, DINOHead (selfsup.heads); nt_xent, swav, dino,
+                  dino_center (selfsup.losses)
+    methods       SimCLR, SwAV, DINO, SeLa, DeepCluster, ... (selfsup.methods), Method, register_method, build_method,
+                  METHODS
+    optimal transport  sinkhorn, self_label, equipartition
     training      fit, pretrain, load_run, Config, load_config
     data          load_source, ImageArray
     evaluation    knn, linear_probe, evaluate_run, export_labels, export_backbone
@@ -25,15 +27,15 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "selfsup.nets": ["build_backbone", "wrap", "Backbone", "torchvision_resnet", "timm_resnet"],
-    "selfsup.augmentation": ["augment", "AugmentConfig", "simclr_recipe", "single_image_recipe"],
-    "selfsup.heads": ["ProjectionHead", "PredictionHead"],
-    "selfsup.losses": ["nt_xent"],
-    "selfsup.ot": ["sinkhorn", "self_label"],
+    "selfsup.augmentation": ["augment", "AugmentConfig", "MultiCropConfig", "simclr_recipe", "single_image_recipe"],
+    "selfsup.heads": ["ProjectionHead", "PredictionHead", "Prototypes", "DINOHead"],
+    "selfsup.losses": ["nt_xent", "swav", "dino", "dino_center"],
+    "selfsup.ot": ["sinkhorn", "self_label", "equipartition"],
     "selfsup.methods": ["Method", "register_method", "build_method", "METHODS", "DataInfo", "Batch", "SimCLR",
                         "SimCLRConfig", "SeLa", "SeLaConfig", "DeepCluster", "DeepClusterConfig", "Supervised",
                         "SupervisedConfig", "Exemplar", "ExemplarConfig", "InstanceDiscrimination", "InstanceConfig",
                         "RotNet", "RotNetConfig", "Colorization", "ColorizationConfig", "ContextEncoder",
-                        "InpaintingConfig", "BiGAN", "BiGANConfig"],
+                        "InpaintingConfig", "BiGAN", "BiGANConfig", "SwAV", "SwAVConfig", "DINO", "DINOConfig"],
     "selfsup.engine": ["fit", "pretrain", "load_run"],
     "selfsup.config": ["Config", "load_config"],
     "selfsup.data": ["load_source", "ImageArray"],

@@ -12,7 +12,7 @@ hue is rotated about the grey axis in YIQ space rather than in HSV (the two agre
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar
 
 import torch
@@ -379,6 +379,76 @@ def synthesize(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Genera
     return x.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+@dataclass
+class MultiCropConfig:
+    """Multi-crop (Caron et al. 2020, SwAV; DINO): `global_crops` crops at the run's input size (augment.size) and
+    `local_crops` smaller ones of `local_size` px (None: half the global size; SwAV and DINO take 96 px at 224),
+    each drawn with the run's augmentation at its own crop scale.
+
+    Local crops cover small parts of the image at low resolution, so they add views for a fraction of a global
+    crop's compute (6 x 96 px cost about 1.1 x 224 px). The per-crop overrides give DINO's and BYOL's asymmetric
+    views: e.g. global_blur_p [1.0, 0.1] and global_solarize_p [0.0, 0.2] (empty: the augment section's value for
+    every global crop; None: the augment section's for the local crops).
+    """
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "global_crops": "[1, inf)",
+        "global_scale": "(0, 1] ordered",
+        "local_crops": "[0, inf)",
+        "local_size": "[1, inf)",
+        "local_scale": "(0, 1] ordered",
+        "global_blur_p": "[0, 1]",
+        "global_solarize_p": "[0, 1]",
+        "local_blur_p": "[0, 1]",
+        "local_solarize_p": "[0, 1]",
+    }
+
+    global_crops: int = 2
+    global_scale: tuple[float, float] = (0.14, 1.0)
+    local_crops: int = 6
+    local_size: int | None = None
+    local_scale: tuple[float, float] = (0.05, 0.14)
+    global_blur_p: list[float] = field(default_factory=list)
+    global_solarize_p: list[float] = field(default_factory=list)
+    local_blur_p: float | None = None
+    local_solarize_p: float | None = None
+
+
+def local_crop_size(aug: AugmentConfig, crops: MultiCropConfig) -> int:
+    """The side of the local crops: crops.local_size, or half the global crops' when it is None."""
+    return crops.local_size if crops.local_size is not None else max(1, aug.size // 2)
+
+
+def multi_crop_configs(aug: AugmentConfig, crops: MultiCropConfig, where: str = "crops") -> list[AugmentConfig]:
+    """The augmentation of every crop, the global ones first: `aug` with each crop's size, scale and overrides.
+
+    A local crop larger than the global ones, or a per-crop list of the wrong length, is a one-line error (`where`
+    names the config section in it)."""
+    local_size = local_crop_size(aug, crops)
+    if crops.local_crops and local_size > aug.size:
+        raise SelfSupError(f"{where}.local_size ({local_size}) is larger than the global crops (augment.size = "
+                           f"{aug.size}); local crops are the small ones")
+    for key in ("global_blur_p", "global_solarize_p"):
+        values = getattr(crops, key)
+        if values and len(values) != crops.global_crops:
+            raise SelfSupError(f"{where}.{key} has {len(values)} values for {crops.global_crops} global crops; give "
+                               "one per global crop, or none to use the augment section's")
+    out = []
+    for i in range(crops.global_crops):
+        c = replace(aug, crop_scale=tuple(crops.global_scale))
+        if crops.global_blur_p:
+            c.blur_p = crops.global_blur_p[i]
+        if crops.global_solarize_p:
+            c.solarize_p = crops.global_solarize_p[i]
+        out.append(c)
+    local = replace(aug, size=local_size, crop_scale=tuple(crops.local_scale))
+    if crops.local_blur_p is not None:
+        local.blur_p = crops.local_blur_p
+    if crops.local_solarize_p is not None:
+        local.solarize_p = crops.local_solarize_p
+    return out + [local] * crops.local_crops
+
+
 def single_image_recipe(size: int = 64) -> AugmentConfig:
     """How one image becomes many (after Asano et al. 2020): large random crops, rotation and shear, flips,
     colour jitter (0.4, 0.4, 0.4, 0.1) with probability 0.5."""
@@ -387,5 +457,5 @@ def single_image_recipe(size: int = 64) -> AugmentConfig:
                          hue=0.1, grayscale_p=0.0)
 
 
-__all__ = ["AugmentConfig", "AugmentParams", "augment", "augment_unit", "synthesize", "simclr_recipe",
-           "single_image_recipe", "to_input", "to_float", "as_unit", "resize", "normalize", "pad_crop_flip"]
+__all__ = ["AugmentConfig", "AugmentParams", "MultiCropConfig", "multi_crop_configs", "local_crop_size", "augment",
+           "augment_unit", "synthesize", "simclr_recipe", "single_image_recipe", "to_input", "to_float", "as_unit", "resize", "normalize", "pad_crop_flip"]

@@ -60,7 +60,8 @@ class DataConfig:
 class ModelConfig:
     """The backbone."""
 
-    RANGES: ClassVar[dict[str, str]] = {"input_size": "[1, inf)", "dropout": "[0, 1)", "width": "(0, inf)"}
+    RANGES: ClassVar[dict[str, str]] = {"input_size": "[1, inf)", "dropout": "[0, 1)", "width": "(0, inf)",
+                                        "patch_size": "[1, inf)"}
 
     backbone: str = "resnet18"
     cifar_stem: bool = True
@@ -68,6 +69,7 @@ class ModelConfig:
     bn: bool = True
     dropout: float = 0.0  # on the fully connected layer of the Exemplar-CNN nets
     width: float = 1.0  # channel multiplier of alexnet_small (0.5: a quarter of the compute, for CPU studies)
+    patch_size: int | None = None  # Vision Transformers: None is 16 from 128 px up, 8 from 64 px, else 4
 
 
 @dataclass
@@ -81,13 +83,14 @@ class OptimConfig:
         "gamma": "(0, inf)",
         "momentum": "[0, 1)",
         "weight_decay": "[0, inf)",
+        "weight_decay_end": "[0, inf)",
         "warmup_epochs": "[0, inf)",
         "min_lr": "[0, inf)",
         "lars_eta": "(0, inf)",
     }
 
-    name: str = "sgd"  # sgd | lars | adam
-    betas: tuple[float, float] = (0.9, 0.999)  # adam
+    name: str = "sgd"  # sgd | lars | adam | adamw (adam adds weight decay to the gradient, adamw decouples it)
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     lr: float = 0.06
     schedule: str = "cosine"  # cosine | step (lr times gamma at each of step_epochs)
     step_epochs: list[float] = field(default_factory=list)
@@ -95,6 +98,7 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False  # sgd
     weight_decay: float = 5e-4
+    weight_decay_end: float | None = None  # cosine from weight_decay to this over the run (DINO: 0.04 -> 0.4)
     warmup_epochs: float = 10.0
     min_lr: float = 0.0
     exclude_bias_norm: bool = True  # no weight decay (nor LARS adaptation) on biases and norm layers

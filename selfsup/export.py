@@ -1,12 +1,13 @@
 """`selfsup export`: a run's backbone as weights other code loads without selfsup.
 
 Formats:
-    safetensors  the backbone's state_dict as .safetensors (ResNets under torchvision's key names, any other selfsup
-                 backbone under its own; a module wrapped for selfsup.fit under the module's own names, given the
-                 method again: export_backbone(RUN, method=...)).
+    safetensors  the backbone's state_dict as .safetensors (ResNets and ViTs under torchvision's key names, any other
+                 selfsup backbone under its own; a module wrapped for selfsup.fit under the module's own names, given
+                 the method again: export_backbone(RUN, method=...)).
     torchvision  a ResNet as a torch.save'd state_dict that loads with strict=True into the stock model built by
                  selfsup.nets.torchvision_resnet(depth, cifar_stem) (torchvision's resnet with fc = Identity and,
-                 for the CIFAR stem, conv1 3x3 stride 1 and no max-pool), and gives the same features.
+                 for the CIFAR stem, conv1 3x3 stride 1 and no max-pool), and gives the same features; a ViT likewise
+                 into selfsup.nets.torchvision_vit(name, input_size, patch_size) (heads = Identity).
     timm         the same weights as .safetensors for timm's ResNet (selfsup.nets.timm_resnet(depth, cifar_stem):
                  timm.create_model("resnet18", num_classes=0) with the same stem), strict=True and the same features.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from selfsup.errors import SelfSupError
-from selfsup.nets import ResNet, Wrapped
+from selfsup.nets import VITS, ResNet, ViT, Wrapped
 
 FORMATS = ("safetensors", "torchvision", "timm")
 SUFFIX = {"safetensors": "backbone.safetensors", "torchvision": "backbone_torchvision.pth",
@@ -45,13 +46,15 @@ def export_backbone(run: str | Path, output: str | Path | None = None, format: s
     if format not in FORMATS:
         raise SelfSupError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     method = load_run(run, method=method)
-    backbone, model = method.backbone, method.run_config.model
+    backbone, model = method.eval_backbone, method.run_config.model
     out = Path(output) if output else Path(run) / SUFFIX[format]
     if out.exists() and not force:
         raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
     resnet = isinstance(backbone, ResNet) and model.backbone in ("resnet18", "resnet50")
-    if format != "safetensors" and not resnet:
-        raise SelfSupError(f"--format {format} is for ResNet backbones (this run's is {model.backbone}); "
+    vit = isinstance(backbone, ViT) and model.backbone in VITS  # its own state_dict has torchvision's names
+    if format == "timm" and not resnet or format == "torchvision" and not (resnet or vit):
+        kinds = "ResNet and ViT" if format == "torchvision" else "ResNet"
+        raise SelfSupError(f"--format {format} is for {kinds} backbones (this run's is {model.backbone}); "
                            "use --format safetensors")
     state = {k: v.contiguous() for k, v in backbone_state(backbone).items()}
     tmp = out.with_name(out.name + ".tmp")
@@ -60,6 +63,8 @@ def export_backbone(run: str | Path, output: str | Path | None = None, format: s
     else:
         meta = {"backbone": model.backbone, "cifar_stem": str(model.cifar_stem).lower(),
                 "input_size": str(model.input_size)}
+        if vit:
+            meta["patch_size"] = str(backbone.patch_size)
         save_file(state, str(tmp), metadata=meta)
     tmp.replace(out)
     result = {"exported": str(out), "format": format, "tensors": len(state)}
@@ -69,6 +74,10 @@ def export_backbone(run: str | Path, output: str | Path | None = None, format: s
         read = "torch.load" if format == "torchvision" else "safetensors.torch.load_file"
         result["load_with"] = (f"selfsup.nets.{build}({depth}, cifar_stem={stem}).load_state_dict({read}('{out}'), "
                                "strict=True)")
+    if vit:
+        read = "torch.load" if format == "torchvision" else "safetensors.torch.load_file"
+        result["load_with"] = (f"selfsup.nets.torchvision_vit({model.backbone!r}, {model.input_size}, "
+                               f"{backbone.patch_size}).load_state_dict({read}('{out}'), strict=True)")
     return result
 
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from selfsup.distributed import world_size
 
-__all__ = ["sinkhorn", "self_label"]
+__all__ = ["sinkhorn", "self_label", "equipartition"]
 
 # Marginal error and the scalings' drift are read back (a host-device sync on GPU) only this often.
 CHECK_EVERY = 10
@@ -77,6 +77,40 @@ def sinkhorn(
 def self_label(log_p: Tensor, lam: float, **kwargs) -> Tensor:
     """Hard self-labels (LongTensor[N]): the cluster on which each row's transport plan puts the most mass."""
     return sinkhorn(log_p, lam, **kwargs).argmax(dim=1)
+
+
+def equipartition(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+    """SwAV's soft codes (Caron et al. 2020): exp(scores / epsilon), rescaled by a fixed number of Sinkhorn-Knopp
+    iterations so the prototypes share the batch about equally; each row (sample) sums to 1.
+
+    Each iteration scales the columns (prototypes) to 1/K of the mass, then the rows (samples) to 1/B, so the rows
+    are exact and the columns near equal. `sinkhorn` above iterates to a tolerance instead and ends on the column
+    step; SwAV's few iterations are part of its method (soft, slightly unequal codes computed on every batch), so
+    they are kept as the authors define them. Under torch.distributed the rows are this rank's samples; the column
+    sums and the sample count are all-reduced. The iterations run in the log domain (the same result as the
+    authors' scaling of exp(scores / epsilon)), so scores of any scale stay finite in fp32: exp(20 / 0.05) would not.
+
+    Args:
+        scores: (B, K) prototype scores of this rank's samples.
+        epsilon: the entropic regularisation (SwAV: 0.05).
+        iterations: Sinkhorn-Knopp iterations (SwAV: 3).
+    """
+    if not isinstance(scores, Tensor) or scores.dim() != 2:
+        raise ValueError(f"equipartition needs (B, K) scores, got {getattr(scores, 'shape', type(scores))}")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be positive, got {epsilon}")
+    world = world_size()
+    with torch.no_grad(), torch.autocast(device_type=scores.device.type, enabled=False):
+        log_q = scores.float() / epsilon  # a fresh tensor: the caller's scores are never written to
+        scratch = torch.empty_like(log_q)
+        rows = torch.tensor(float(log_q.shape[0]), device=log_q.device)
+        _all_reduce(rows, world, dist.ReduceOp.SUM)
+        log_k, log_b = math.log(log_q.shape[1]), rows.log()
+        # The authors' first step (dividing by the total mass) is left out: the column step right after undoes it.
+        for _ in range(iterations):
+            log_q -= _logsumexp(log_q, 0, scratch, world) + log_k  # every prototype to 1/K (all ranks' samples)
+            log_q -= (_logsumexp(log_q, 1, scratch, world) + log_b)[:, None]  # every sample to 1/B
+        return _exp_(log_q.add_(log_b))
 
 
 def _solve(log_p: Tensor, lam: float, a: Tensor | None, b: Tensor | None, tol: float, max_iter: int,

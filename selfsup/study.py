@@ -193,7 +193,7 @@ def _run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: b
         if run is None or run["epoch"] < cfg.epochs or _same_config(run["config"], cfg):
             knn = lines[-1].get("knn_top1")  # pretraining's last epoch measured it with this eval section
         method = load_run(cell_dir, device)
-        backbone, transform = method.backbone, method.input_transform
+        backbone, transform = method.eval_backbone, method.input_transform
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     linear = linear_probes(tap_features(backbone, cfg, device, None, splits, transform), cfg, device)  # every tap

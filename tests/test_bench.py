@@ -106,9 +106,11 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
 
 def test_the_dataloader_baseline_makes_normalised_views_one_image_at_a_time():
     images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8).numpy()
-    data = PerSampleViews(images, _views_transform(AugmentConfig(size=24), 24), views=2)
+    view = _views_transform(AugmentConfig(size=24), 24)
+    data = PerSampleViews(images, [view, view, _views_transform(AugmentConfig(size=24), 12)])  # + a local crop
     index, views = data[3]
-    assert index == 3 and len(views) == 2
-    assert all(v.shape == (3, 24, 24) and v.dtype == torch.float32 for v in views)
+    assert index == 3 and len(views) == 3
+    assert [v.shape for v in views] == [(3, 24, 24), (3, 24, 24), (3, 12, 12)]
+    assert all(v.dtype == torch.float32 for v in views)
     assert not torch.equal(views[0], views[1])  # two independent draws
     assert -3 < float(views[0].min()) < 0 < float(views[0].max()) < 3  # ImageNet-normalised, not [0, 255]

@@ -49,6 +49,12 @@ OVERRIDES = {
     "colorization": {"colorization": {"loss": "classification"}},
     "inpainting": {"inpainting": {"decoder_width": 16, "adversarial": 0.001}},
     "bigan": {"bigan": {"z_dim": 8, "generator_width": 32, "discriminator_width": 16}},
+    # Codes over the global batch (Sinkhorn with all-reduced marginals) and every process's embeddings queued in the
+    # joined batch's order: the queue after the step is compared with one process's.
+    "swav": {"swav": {"prototypes": 5, "proj_hidden": 16, "proj_dim": 8, "queue_length": 24, "queue_start_epoch": 0,
+                      "crops": {"local_crops": 2}}},
+    # The centre is updated from the teacher's outputs over the global batch (an all-reduce).
+    "dino": {"dino": {"out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8, "crops": {"local_crops": 2}}},
 }
 
 

@@ -49,6 +49,18 @@ SETTINGS = {
     "inpainting": {"inpainting": {"decoder_width": 16, "adversarial": 0.001},
                    "optim": {"name": "adam", "lr": 1e-3, "warmup_epochs": 0.5}},
     "colorization": {"optim": {"warmup_epochs": 0}},
+    # Multi-crop on a net that pools globally; the queue fills in epoch 1 and is used in epoch 2, the prototypes are
+    # frozen in epoch 1 only: both cross the resume.
+    "swav": {"model": {"backbone": "alexnet_small", "width": 0.25},
+             "swav": {"prototypes": 8, "proj_hidden": 16, "proj_dim": 8, "queue_length": 32, "queue_start_epoch": 0,
+                      "crops": {"local_crops": 2}}},
+    # The teacher, the centre, the teacher-temperature warm-up, the frozen last layer and a weight-decay schedule all
+    # cross the resume; AdamW's moments too.
+    "dino": {"model": {"backbone": "alexnet_small", "width": 0.25},
+             "dino": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8, "warmup_teacher_temp_epochs": 2,
+                      "teacher_temp": 0.07, "crops": {"local_crops": 2}},
+             "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.4,
+                       "warmup_epochs": 0.5}},
 }
 
 

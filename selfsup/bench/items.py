@@ -43,10 +43,10 @@ def _views_transform(aug, size: int):
 
 
 class PerSampleViews(torch.utils.data.Dataset):
-    """(index, views) for one image at a time, each view from the torchvision transform: the usual per-sample path."""
+    """(index, views) for one image at a time, view j from transforms[j] (torchvision, per sample): the usual path."""
 
-    def __init__(self, images: np.ndarray, transform, views: int):
-        self.images, self.transform, self.views = images, transform, views
+    def __init__(self, images: np.ndarray, transforms: list):
+        self.images, self.transforms = images, transforms
 
     def __len__(self) -> int:
         return len(self.images)
@@ -55,12 +55,13 @@ class PerSampleViews(torch.utils.data.Dataset):
         from PIL import Image
 
         img = Image.fromarray(self.images[i])
-        return i, tuple(self.transform(img) for _ in range(self.views))
+        return i, tuple(t(img) for t in self.transforms)
 
 
-def _is_view(draw, batch_size: int, size: int) -> bool:
+def _is_view(draw, batch_size: int) -> bool:
+    """A drawn network input: (B, 3, S, S) floats (multi-crop draws views of several sizes)."""
     return isinstance(draw, torch.Tensor) and draw.ndim == 4 and tuple(draw.shape[:2]) == (batch_size, 3) \
-        and draw.shape[-1] == size and draw.is_floating_point()
+        and draw.shape[-1] == draw.shape[-2] and draw.is_floating_point()
 
 
 def throughput(item: dict, device: torch.device) -> dict:
@@ -109,9 +110,13 @@ def throughput(item: dict, device: torch.device) -> dict:
         method.tape = Tape(recorded)
         next_batch = lambda: fixed  # noqa: E731
     else:
-        view_slots = [i for i, d in enumerate(recorded) if _is_view(d, bs, s["size"])]
+        view_slots = [i for i, d in enumerate(recorded) if _is_view(d, bs)]
+        # Multi-crop methods draw each crop with its own augmentation (size, scale); the others all with the run's.
+        augs = getattr(method, "crop_augs", None)
+        augs = augs if augs is not None and len(augs) == len(view_slots) else [cfg.augment] * len(view_slots)
+        transforms = [_views_transform(a, recorded[i].shape[-1]) for a, i in zip(augs, view_slots)]
         loader = torch.utils.data.DataLoader(
-            PerSampleViews(host, _views_transform(cfg.augment, s["size"]), len(view_slots)), batch_size=bs,
+            PerSampleViews(host, transforms), batch_size=bs,
             shuffle=True, drop_last=True, num_workers=max(1, cores() - 1), pin_memory=device.type == "cuda",
             persistent_workers=True)
         batches = iter(loader)

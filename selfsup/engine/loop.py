@@ -361,6 +361,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
         loss = outputs["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        method.on_before_step(gstep, schedule.total)
         optimizer.step()
         method.on_step_end(gstep, schedule.total)
         detached = loss.detach().float()
@@ -431,7 +432,7 @@ def end_of_epoch(method: Method, optimizer: torch.optim.Optimizer, run: Run, met
         budget_hit = bool(flag.item())
     final = epoch == cfg.epochs or budget_hit
     if run.info.is_main and splits and ((cfg.eval.knn_every and epoch % cfg.eval.knn_every == 0) or final):
-        metrics["knn_top1"] = round(run_knn(method.backbone, cfg, run.device, splits, method.input_transform), 2)
+        metrics["knn_top1"] = round(run_knn(method.eval_backbone, cfg, run.device, splits, method.input_transform), 2)
     if run.writes:
         run.history.append(metrics)
         # The checkpoint first, with the history: a kill before the metrics line below loses nothing (resume

@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules: SGD, LARS or Adam over two parameter groups; warm-up then cosine or steps."""
+"""Optimizers and schedules: SGD, LARS, Adam or AdamW over two parameter groups; warm-up then cosine or steps for the
+learning rate, and optionally a cosine weight-decay schedule (DINO's)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,14 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
-    """SGD, LARS or Adam; biases and norm-layer weights (1-d tensors) skip weight decay and LARS when configured."""
+    """SGD, LARS, Adam or AdamW; biases and norm-layer weights (1-d tensors) skip weight decay and LARS when
+    configured."""
     decay, plain = [], []
     for p in model.parameters():
         if p.requires_grad:
             (plain if o.exclude_bias_norm and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": plain, "weight_decay": 0.0, "lars": False}]
+    groups = [{"params": decay, "weight_decay": o.weight_decay, "decayed": True},
+              {"params": plain, "weight_decay": 0.0, "lars": False, "decayed": False}]
     groups = [g for g in groups if g["params"]]
     if o.name == "lars":
         return LARS(groups, lr=o.lr, momentum=o.momentum, eta=o.lars_eta)
@@ -57,7 +60,9 @@ def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optim
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
     if o.name == "adam":
         return torch.optim.Adam(groups, lr=o.lr, betas=o.betas)
-    raise SelfSupError(f"unknown optimizer {o.name!r}; use sgd, lars or adam")
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+    raise SelfSupError(f"unknown optimizer {o.name!r}; use sgd, lars, adam or adamw")
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0,
@@ -72,8 +77,15 @@ def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0,
     return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def cosine(step: int, total: int, start: float, end: float) -> float:
+    """start at step 0 to end at step `total` along a half cosine (momentum and weight-decay schedules)."""
+    progress = min(1.0, step / max(1, total))
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class Schedule:
-    """The run's learning rate at every step: optim's warm-up and cosine (or step) schedule over the whole run."""
+    """The run's learning rate at every step: optim's warm-up and cosine (or step) schedule over the whole run; and
+    the weight decay, constant or (optim.weight_decay_end set) along a cosine over the whole run."""
 
     def __init__(self, o: OptimConfig, epochs: int, steps_per_epoch: int):
         if o.schedule not in ("cosine", "step"):
@@ -86,12 +98,20 @@ class Schedule:
     def __call__(self, step: int) -> float:
         return lr_at(step, self.total, self.warmup, self.o.lr, self.o.min_lr, self.milestones, self.o.gamma)
 
+    def weight_decay(self, step: int) -> float:
+        """The weight decay of the decayed parameter group at `step`."""
+        o = self.o
+        return o.weight_decay if o.weight_decay_end is None else cosine(step, self.total, o.weight_decay,
+                                                                        o.weight_decay_end)
+
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every parameter group's lr for `step`; returns it."""
+        """Set every parameter group's lr (and the decayed group's weight decay) for `step`; returns the lr."""
         lr = self(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
+            if self.o.weight_decay_end is not None and g.get("decayed", g["weight_decay"] > 0):
+                g["weight_decay"] = self.weight_decay(step)
         return lr
 
 
-__all__ = ["LARS", "build_optimizer", "lr_at", "Schedule"]
+__all__ = ["LARS", "build_optimizer", "lr_at", "cosine", "Schedule"]

@@ -24,7 +24,7 @@ def _parts(model, input_size: int | None):
     from selfsup.methods.base import Method
 
     if isinstance(model, Method):
-        return model.backbone, model.input_transform, input_size or model.data.input_size
+        return model.eval_backbone, model.input_transform, input_size or model.data.input_size
     if isinstance(model, Backbone):
         if input_size is None:
             raise SelfSupError("give input_size (the side of the images the backbone sees) with a bare backbone")
@@ -106,7 +106,7 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
     dev = pick_device(device)
     method = load_run(run, dev, random_init=random_init)
     cfg = apply_overrides(method.run_config, overrides or [])
-    backbone, transform = method.backbone, method.input_transform
+    backbone, transform = method.eval_backbone, method.input_transform
     model_name = "random init" if random_init else "pretrained"
     splits = eval_splits(cfg)
     if protocol == "knn":

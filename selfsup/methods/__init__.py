@@ -16,6 +16,7 @@ for _module in pkgutil.iter_modules(__path__):  # in name order: that is the ord
 from selfsup.methods.bigan import BiGAN, BiGANConfig  # noqa: E402
 from selfsup.methods.colorization import Colorization, ColorizationConfig  # noqa: E402
 from selfsup.methods.deepcluster import DeepCluster, DeepClusterConfig  # noqa: E402
+from selfsup.methods.dino import DINO, DINOConfig  # noqa: E402
 from selfsup.methods.exemplar import Exemplar, ExemplarConfig  # noqa: E402
 from selfsup.methods.inpainting import ContextEncoder, InpaintingConfig  # noqa: E402
 from selfsup.methods.instance import InstanceConfig, InstanceDiscrimination  # noqa: E402
@@ -24,9 +25,11 @@ from selfsup.methods.rotnet import RotNet, RotNetConfig  # noqa: E402
 from selfsup.methods.sela import SeLa, SeLaConfig  # noqa: E402
 from selfsup.methods.simclr import SimCLR, SimCLRConfig  # noqa: E402
 from selfsup.methods.supervised import Supervised, SupervisedConfig  # noqa: E402
+from selfsup.methods.swav import SwAV, SwAVConfig  # noqa: E402
 
 __all__ = ["METHODS", "register_method", "build_method", "find_method", "get_method", "Method", "Batch", "DataInfo",
            "EpochContext", "RunInfo", "NoConfig", "Tape", "PseudoLabelMethod", "SimCLR", "SimCLRConfig", "SeLa",
            "SeLaConfig", "DeepCluster", "DeepClusterConfig", "Supervised", "SupervisedConfig", "Exemplar",
            "ExemplarConfig", "InstanceDiscrimination", "InstanceConfig", "RotNet", "RotNetConfig", "Colorization",
-           "ColorizationConfig", "ContextEncoder", "InpaintingConfig", "BiGAN", "BiGANConfig"]
+           "ColorizationConfig", "ContextEncoder", "InpaintingConfig", "BiGAN", "BiGANConfig", "SwAV", "SwAVConfig",
+           "DINO", "DINOConfig"]

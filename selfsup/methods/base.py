@@ -18,9 +18,14 @@ Hooks (all optional), in the order the engine calls them:
     on_epoch_start(ctx)       each epoch (relabelling, re-clustering)
     epoch_order(count, gen)   the epoch's sample indices, when the method samples its own way
     training_step(batch)      -> {"loss": ..., anything else worth logging}
+    on_before_step(step, total) between backward and the optimizer step (freezing or clipping gradients)
     on_step_end(step, total)  after each optimizer step (momentum teachers)
     sample_grid(images, gen)  a picture of what it learnt to do, at the end of a run
     input_transform(x)        RGB in [0,1] -> what the backbone sees, in training and evaluation alike
+
+Property:
+    eval_backbone             the backbone that evaluation, the kNN monitor and export use (a momentum teacher's
+                              for DINO; the trained one by default)
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from selfsup.errors import SelfSupError
 from selfsup.nets import Backbone, as_backbone, eval_mode
 
 __all__ = ["Method", "Batch", "EpochContext", "DataInfo", "RunInfo", "NoConfig", "Tape", "dataset_pass",
-           "gather_shards", "shard_range", "call_frozen", "eval_mode"]
+           "gather_shards", "shard_range", "call_frozen", "eval_mode", "run_crops"]
 
 
 @dataclass
@@ -119,6 +124,19 @@ def dataset_pass(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
     outs = [fn(to_input(images[i:min(i + batch_size, stop)], size, transform)).float()
             for i in range(start, stop, batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
+
+
+def run_crops(net: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """net over every view, consecutive views of one size joined into one batch (multi-crop: the global crops in one
+    pass, the local ones in another); the outputs stacked in view order."""
+    outs, start = [], 0
+    while start < len(views):
+        stop = start + 1
+        while stop < len(views) and views[stop].shape[-2:] == views[start].shape[-2:]:
+            stop += 1
+        outs.append(net(torch.cat(views[start:stop])))
+        start = stop
+    return torch.cat(outs)
 
 
 def call_frozen(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
@@ -248,6 +266,10 @@ class Method(nn.Module):
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def on_before_step(self, step: int, total_steps: int) -> None:
+        """Hook run after the backward pass of step `step`, before the optimizer uses the gradients; nothing by
+        default (DINO clips gradients and holds its last layer still here)."""
+
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Hook run after optimizer step `step` (0-based, counted over the whole run) of `total_steps`."""
 
@@ -259,6 +281,11 @@ class Method(nn.Module):
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
         """RGB in [0,1], (B,3,H,W) -> the backbone's input: ImageNet-normalised RGB by default."""
         return normalize(x)
+
+    @property
+    def eval_backbone(self) -> Backbone:
+        """The backbone evaluation and export measure: the trained one (a method with a teacher may pick that)."""
+        return self.backbone
 
     # -------------------------------------------------------------------------------------------- helpers
 
@@ -280,6 +307,10 @@ class Method(nn.Module):
         """Network input drawn from `make` (see draw), in the model's memory format."""
         x = self.draw(make, device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def crops(self, batch: Batch, configs: list[AugmentConfig]) -> list[torch.Tensor]:
+        """One augmented view of the batch per config (multi-crop: see selfsup.augmentation.multi_crop_configs)."""
+        return [self.view(batch, c) for c in configs]
 
     def dataset_pass(self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         """fn over this rank's shard of the un-augmented training images (as this method's input), in eval mode."""
