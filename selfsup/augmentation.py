@@ -458,4 +458,5 @@ def single_image_recipe(size: int = 64) -> AugmentConfig:
 
 
 __all__ = ["AugmentConfig", "AugmentParams", "MultiCropConfig", "multi_crop_configs", "local_crop_size", "augment",
-           "augment_unit", "synthesize", "simclr_recipe", "single_image_recipe", "to_input", "to_float", "as_unit", "resize", "normalize", "pad_crop_flip"]
+           "augment_unit", "synthesize", "simclr_recipe", "single_image_recipe", "to_input", "to_float", "as_unit",
+           "resize", "normalize", "pad_crop_flip"]

@@ -432,3 +432,13 @@ def test_recipes_hold_their_sources_settings(name):
         else:
             assert (list(value) if isinstance(value, tuple) else value) == (
                 list(expected) if isinstance(expected, tuple) else expected), key
+
+
+def test_a_queue_shorter_than_the_batch_is_a_one_line_error_before_training(tmp_path):
+    cfg = tiny_config(method="swav", model={"backbone": "alexnet_small", "width": 0.25},
+                      swav={"prototypes": 8, "proj_hidden": 16, "proj_dim": 8, "queue_length": 16,
+                            "queue_start_epoch": 1, "crops": {"local_crops": 0}})
+    with pytest.raises(SelfSupError, match=r"queue_length \(16\) is smaller than the batch \(32\)") as e:
+        fit(None, "digits", cfg, tmp_path / "run", progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -45,7 +45,7 @@ from selfsup.errors import SelfSupError
 from selfsup.nets import Backbone, as_backbone, eval_mode
 
 __all__ = ["Method", "Batch", "EpochContext", "DataInfo", "RunInfo", "NoConfig", "Tape", "dataset_pass",
-           "gather_shards", "shard_range", "call_frozen", "eval_mode", "run_crops"]
+           "gather_shards", "shard_range", "call_frozen", "eval_mode", "run_crops", "check_local_crops"]
 
 
 @dataclass
@@ -137,6 +137,20 @@ def run_crops(net: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
         outs.append(net(torch.cat(views[start:stop])))
         start = stop
     return torch.cat(outs)
+
+
+def check_local_crops(backbone: nn.Module, size: int, local_crops: int, method: str) -> None:
+    """A one-line error when the backbone cannot take local crops of `size` px (e.g. a fully connected layer sized
+    for the global crops)."""
+    if not local_crops:
+        return
+    try:
+        with eval_mode(backbone), torch.no_grad():
+            backbone(torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
+    except (RuntimeError, ValueError, SelfSupError) as e:
+        raise SelfSupError(f"this backbone cannot take {size}-px local crops ({method}.crops.local_size) "
+                           f"({(str(e).splitlines() or [type(e).__name__])[0][:120]}); set {method}.crops.local_crops=0 or use a backbone "
+                           "that pools globally (resnet*, alexnet_small, nin, vit_*)") from None
 
 
 def call_frozen(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:

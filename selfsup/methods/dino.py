@@ -17,10 +17,9 @@ from selfsup.augmentation import MultiCropConfig, multi_crop_configs
 from selfsup.errors import SelfSupError
 from selfsup.heads import DINOHead
 from selfsup.losses import dino, dino_center
-from selfsup.methods.base import Batch, EpochContext, Method, run_crops
+from selfsup.methods.base import Batch, EpochContext, Method, check_local_crops, run_crops
 from selfsup.methods.momentum import ema_update_, momentum_at, momentum_teacher
 from selfsup.methods.registry import register_method
-from selfsup.methods.swav import _check_local_size
 from selfsup.nets import Backbone
 
 
@@ -81,7 +80,7 @@ class DINO(Method):
         if c.evaluate not in ("teacher", "student"):
             raise SelfSupError(f"dino.evaluate must be teacher or student, got {c.evaluate!r}")
         self.crop_augs = multi_crop_configs(self.aug, c.crops, "dino.crops")
-        _check_local_size(self.backbone, self.crop_augs[-1].size, c.crops.local_crops, "dino")
+        check_local_crops(self.backbone, self.crop_augs[-1].size, c.crops.local_crops, "dino")
         self.head = DINOHead(self.backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
                              c.head_bn, c.norm_last_layer)
         # The teacher starts as the student (the authors load the student's weights into it). Its last layer's length

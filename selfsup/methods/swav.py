@@ -20,9 +20,8 @@ from selfsup.distributed import all_gather_nograd, rank, world_size
 from selfsup.errors import SelfSupError
 from selfsup.heads import ProjectionHead, Prototypes
 from selfsup.losses import swav
-from selfsup.methods.base import Batch, EpochContext, Method, run_crops
+from selfsup.methods.base import Batch, EpochContext, Method, check_local_crops, run_crops
 from selfsup.methods.registry import register_method
-from selfsup.nets import eval_mode
 
 
 @dataclass
@@ -66,7 +65,7 @@ class SwAV(Method):
         super().__init__(backbone, cfg, augment, data)
         c = self.cfg
         self.crop_augs = multi_crop_configs(self.aug, c.crops, "swav.crops")
-        _check_local_size(self.backbone, self.crop_augs[-1].size, c.crops.local_crops, "swav")
+        check_local_crops(self.backbone, self.crop_augs[-1].size, c.crops.local_crops, "swav")
         self.head = ProjectionHead(self.backbone.feature_dim, c.proj_hidden, c.proj_dim)
         self.prototypes = Prototypes(c.proj_dim, c.prototypes)
         # Every process keeps the whole queue (each step adds every process's embeddings, gathered), so the queue is
@@ -74,10 +73,21 @@ class SwAV(Method):
         # over its batch, so the codes are those of one process whose queue holds them all.
         self.register_buffer("queue", torch.zeros(c.crops.global_crops, c.queue_length, c.proj_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        # The fill count mirrored on the host, so a step never waits for the device to report it (None: read the
+        # buffer once, after construction or a loaded checkpoint).
+        self._filled: int | None = None
+        self._register_load_state_dict_pre_hook(self._forget_filled)
         self.epoch = 0
+
+    def _forget_filled(self, *_args) -> None:
+        self._filled = None
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         self.epoch = ctx.epoch
+        batch = getattr(self.run_config, "batch_size", None)
+        if self.cfg.queue_length and batch and self.cfg.queue_length < batch:  # before any epoch is spent on it
+            raise SelfSupError(f"swav.queue_length ({self.cfg.queue_length}) is smaller than the batch ({batch}); "
+                               "make it a multiple of batch_size, or 0 for no queue")
 
     def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
         """L2-normalised embeddings of every view, stacked in view order."""
@@ -98,7 +108,11 @@ class SwAV(Method):
     def _queue_scores(self) -> list[torch.Tensor] | None:
         """This process's share of the queue, scored by the current prototypes, once the queue is full."""
         length = self.cfg.queue_length
-        if not length or self.epoch < self.cfg.queue_start_epoch or int(self.queue_filled) < length:
+        if not length or self.epoch < self.cfg.queue_start_epoch:
+            return None
+        if self._filled is None:
+            self._filled = int(self.queue_filled)
+        if self._filled < length:
             return None
         per = -(-length // world_size())
         rows = self.queue[:, rank() * per:(rank() + 1) * per]
@@ -116,6 +130,8 @@ class SwAV(Method):
         self.queue[:, new.shape[1]:] = self.queue[:, :keep].clone()
         self.queue[:, :new.shape[1]] = new.to(self.queue.dtype)
         self.queue_filled.clamp_(max=self.queue.shape[1] - new.shape[1]).add_(new.shape[1])
+        if self._filled is not None:
+            self._filled = min(self._filled + new.shape[1], self.queue.shape[1])
 
     def on_before_step(self, step: int, total_steps: int) -> None:
         if self.epoch < self.cfg.freeze_prototypes_epochs:
@@ -124,20 +140,6 @@ class SwAV(Method):
     def on_step_end(self, step: int, total_steps: int) -> None:
         if self.epoch >= self.cfg.freeze_prototypes_epochs:  # frozen ones did not move (and stay bit for bit)
             self.prototypes.normalize_()
-
-
-def _check_local_size(backbone, size: int, local_crops: int, method: str) -> None:
-    """A one-line error when the backbone cannot take local crops of `size` px (e.g. a fully connected layer sized
-    for the global crops)."""
-    if not local_crops:
-        return
-    try:
-        with eval_mode(backbone), torch.no_grad():
-            backbone(torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
-    except (RuntimeError, ValueError, SelfSupError) as e:
-        raise SelfSupError(f"this backbone cannot take {size}-px local crops ({method}.crops.local_size) "
-                           f"({str(e).splitlines()[0][:120]}); set {method}.crops.local_crops=0 or use a backbone "
-                           "that pools globally (resnet*, alexnet_small, nin, vit_*)") from None
 
 
 __all__ = ["SwAV", "SwAVConfig"]
