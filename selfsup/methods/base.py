@@ -148,9 +148,10 @@ def check_local_crops(backbone: nn.Module, size: int, local_crops: int, method: 
         with eval_mode(backbone), torch.no_grad():
             backbone(torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
     except (RuntimeError, ValueError, SelfSupError) as e:
-        raise SelfSupError(f"this backbone cannot take {size}-px local crops ({method}.crops.local_size) "
-                           f"({(str(e).splitlines() or [type(e).__name__])[0][:120]}); set {method}.crops.local_crops=0 or use a backbone "
-                           "that pools globally (resnet*, alexnet_small, nin, vit_*)") from None
+        why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise SelfSupError(f"this backbone cannot take {size}-px local crops ({method}.crops.local_size) ({why}); set "
+                           f"{method}.crops.local_crops=0 or use a backbone that pools globally (resnet*, "
+                           "alexnet_small, nin, vit_*)") from None
 
 
 def call_frozen(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:

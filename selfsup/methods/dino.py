@@ -83,8 +83,8 @@ class DINO(Method):
         check_local_crops(self.backbone, self.crop_augs[-1].size, c.crops.local_crops, "dino")
         self.head = DINOHead(self.backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
                              c.head_bn, c.norm_last_layer)
-        # The teacher starts as the student (the authors load the student's weights into it). Its last layer's length
-        # is fixed at 1 whatever norm_last_layer says, as theirs is.
+        # The teacher starts as the student (the authors load the student's weights into it), with its last layer's
+        # length at 1 whatever norm_last_layer says, as theirs (afterwards the EMA moves it, as theirs too).
         self.teacher_backbone = momentum_teacher(self.backbone)
         self.teacher_head = momentum_teacher(self.head)
         with torch.no_grad():
