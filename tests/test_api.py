@@ -168,7 +168,7 @@ def test_export_of_a_non_resnet_to_torchvision_is_a_one_line_error(tmp_path, cap
                      progress=False)
     assert main(["export", str(tmp_path / "run"), "--format", "torchvision"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "ResNet backbones" in err and "exemplar_small" in err and len(err.splitlines()) == 1
+    assert "ResNet and ViT backbones" in err and "exemplar_small" in err and len(err.splitlines()) == 1
 
 
 def test_config_show_and_keys(capsys):
