@@ -291,24 +291,22 @@ def test_swav_prototypes_stay_still_in_the_frozen_epochs_and_on_the_sphere():
     torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(6))
 
 
-def test_swav_queue_fills_newest_first_and_is_used_once_full():
+def test_swav_queue_fills_newest_first_and_is_used_once_full(monkeypatch):
     torch.manual_seed(0)
     method = _swav(queue_length=32, queue_start_epoch=1, freeze_prototypes_epochs=0)
+    queued = []  # the global crops' embeddings each step hands to the queue, (2, 16, 8)
+    real = SwAV._enqueue
+    monkeypatch.setattr(SwAV, "_enqueue", lambda self, z: (queued.append(z.clone()), real(self, z))[1])
     method.on_epoch_start(EpochContext(0, 3, _images(), torch.device("cpu")))
     _train_step(method, 0)
-    assert int(method.queue_filled) == 0 and method.queue.abs().sum() == 0  # before queue_start_epoch
+    assert int(method.queue_filled) == 0 and method.queue.abs().sum() == 0 and not queued  # before queue_start_epoch
     method.on_epoch_start(EpochContext(1, 3, _images(), torch.device("cpu")))
     used = [_train_step(method, s)["queue_in_use"].item() for s in (1, 2, 3)]
     assert used == [0.0, 0.0, 1.0]  # 16 + 16 fill it after two steps
-    assert int(method.queue_filled) == 32
-    # The newest embeddings are in front, unit length (the normalised projections of the global crops).
-    torch.testing.assert_close(method.queue.norm(dim=2), torch.ones(2, 32))
-    views = method.crops(Batch(_images(), torch.arange(16), torch.Generator().manual_seed(3)), method.crop_augs[:2])
-    method.eval()
-    with torch.no_grad():
-        z = method.embed(views).view(2, 16, -1)
-    method.train()
-    assert z.shape == (2, 16, 8)
+    assert int(method.queue_filled) == 32 and len(queued) == 3
+    # Newest first: the last step's embeddings in front, the step before behind them, the first one dropped out.
+    assert torch.equal(method.queue[:, :16], queued[2]) and torch.equal(method.queue[:, 16:], queued[1])
+    torch.testing.assert_close(method.queue.norm(dim=2), torch.ones(2, 32))  # normalised projections
 
 
 def test_dino_teacher_follows_the_student_and_the_last_layer_waits():

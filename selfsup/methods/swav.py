@@ -85,7 +85,12 @@ class SwAV(Method):
     def on_epoch_start(self, ctx: EpochContext) -> None:
         self.epoch = ctx.epoch
         batch = getattr(self.run_config, "batch_size", None)
-        if self.cfg.queue_length and batch and self.cfg.queue_length < batch:  # before any epoch is spent on it
+        if batch:
+            self._check_queue(batch)  # under fit: before any epoch is spent on a queue that cannot hold a batch
+
+    def _check_queue(self, batch: int) -> None:
+        """A one-line error when a queue is asked for and cannot hold `batch` embeddings."""
+        if self.cfg.queue_length and self.cfg.queue_length < batch:
             raise SelfSupError(f"swav.queue_length ({self.cfg.queue_length}) is smaller than the batch ({batch}); "
                                "make it a multiple of batch_size, or 0 for no queue")
 
@@ -123,10 +128,8 @@ class SwAV(Method):
     def _enqueue(self, z: torch.Tensor) -> None:
         """Newest first: every process's embeddings of this step (process order) go in front, the oldest fall out."""
         new = all_gather_nograd(z.transpose(0, 1).contiguous()).transpose(0, 1)  # (global crops, global batch, D)
+        self._check_queue(new.shape[1])
         keep = self.queue.shape[1] - new.shape[1]
-        if keep < 0:
-            raise SelfSupError(f"swav.queue_length ({self.queue.shape[1]}) is smaller than the batch "
-                               f"({new.shape[1]}); make it a multiple of batch_size")
         self.queue[:, new.shape[1]:] = self.queue[:, :keep].clone()
         self.queue[:, :new.shape[1]] = new.to(self.queue.dtype)
         self.queue_filled.clamp_(max=self.queue.shape[1] - new.shape[1]).add_(new.shape[1])
