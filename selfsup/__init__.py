@@ -4,10 +4,11 @@ The public API, imported on first use (so `import selfsup` and the command line 
 
     backbones     build_backbone, wrap, Backbone
     augmentation  augment, AugmentConfig, MultiCropConfig, simclr_recipe, single_image_recipe
-    heads, losses ProjectionHead, PredictionHead, Prototypes, DINOHead (selfsup.heads); nt_xent, swav, dino,
-                  dino_center (selfsup.losses)
-    methods       SimCLR, SwAV, DINO, SeLa, DeepCluster, ... (selfsup.methods), Method, register_method, build_method,
-                  METHODS
+    heads, losses ProjectionHead, PredictionHead, Prototypes, DINOHead (selfsup.heads); nt_xent, info_nce,
+                  contrastive_across_batch, negative_cosine, barlow_twins, vicreg, swav, dino, dino_center
+                  (selfsup.losses)
+    methods       SimCLR, MoCo, MoCoV3, BYOL, SimSiam, BarlowTwins, VICReg, SwAV, DINO, SeLa, DeepCluster, ...
+                  (selfsup.methods), Method, register_method, build_method, METHODS
     optimal transport  sinkhorn, self_label, equipartition
     training      fit, pretrain, load_run, Config, load_config
     data          load_source, ImageArray
@@ -29,13 +30,16 @@ _EXPORTS = {
     "selfsup.nets": ["build_backbone", "wrap", "Backbone", "torchvision_resnet", "timm_resnet"],
     "selfsup.augmentation": ["augment", "AugmentConfig", "MultiCropConfig", "simclr_recipe", "single_image_recipe"],
     "selfsup.heads": ["ProjectionHead", "PredictionHead", "Prototypes", "DINOHead"],
-    "selfsup.losses": ["nt_xent", "swav", "dino", "dino_center"],
+    "selfsup.losses": ["nt_xent", "info_nce", "contrastive_across_batch", "negative_cosine", "barlow_twins", "vicreg",
+                       "swav", "dino", "dino_center"],
     "selfsup.ot": ["sinkhorn", "self_label", "equipartition"],
     "selfsup.methods": ["Method", "register_method", "build_method", "METHODS", "DataInfo", "Batch", "SimCLR",
                         "SimCLRConfig", "SeLa", "SeLaConfig", "DeepCluster", "DeepClusterConfig", "Supervised",
                         "SupervisedConfig", "Exemplar", "ExemplarConfig", "InstanceDiscrimination", "InstanceConfig",
                         "RotNet", "RotNetConfig", "Colorization", "ColorizationConfig", "ContextEncoder",
-                        "InpaintingConfig", "BiGAN", "BiGANConfig", "SwAV", "SwAVConfig", "DINO", "DINOConfig"],
+                        "InpaintingConfig", "BiGAN", "BiGANConfig", "SwAV", "SwAVConfig", "DINO", "DINOConfig",
+                        "MoCo", "MoCoConfig", "MoCoV3", "MoCoV3Config", "BYOL", "BYOLConfig", "SimSiam",
+                        "SimSiamConfig", "BarlowTwins", "BarlowTwinsConfig", "VICReg", "VICRegConfig"],
     "selfsup.engine": ["fit", "pretrain", "load_run"],
     "selfsup.config": ["Config", "load_config"],
     "selfsup.data": ["load_source", "ImageArray"],

@@ -55,6 +55,16 @@ OVERRIDES = {
                       "crops": {"local_crops": 2}}},
     # The centre is updated from the teacher's outputs over the global batch (an all-reduce).
     "dino": {"dino": {"out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8, "crops": {"local_crops": 2}}},
+    # Every process's keys queued in the joined batch's order (the queue is compared); the keys' shuffle is a draw per
+    # sample, so each process shuffles its own rows (batch-norm groups are per process by design).
+    "moco": {"moco": {"proj_hidden": 16, "proj_dim": 8, "queue_length": 24, "bn_group": 2, "symmetric": True}},
+    # Keys gathered from every process.
+    "mocov3": {"mocov3": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}},
+    "byol": {"byol": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}},
+    "simsiam": {"simsiam": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 4}},
+    # Standardisation and cross-correlation (Barlow Twins), variance and covariance (VICReg) over the global batch.
+    "barlow_twins": {"barlow_twins": {"proj_hidden": 16, "proj_dim": 8}},
+    "vicreg": {"vicreg": {"proj_hidden": 16, "proj_dim": 8}},
 }
 
 

@@ -61,6 +61,14 @@ SETTINGS = {
                       "teacher_temp": 0.07, "crops": {"local_crops": 2}},
              "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.4,
                        "warmup_epochs": 0.5}},
+    # The queue wraps in epoch 2 (4 steps of 16 keys into 48) and the keys' shuffle is drawn every step.
+    "moco": {"moco": {"proj_hidden": 16, "proj_dim": 8, "queue_length": 48, "bn_group": 8, "symmetric": True}},
+    "mocov3": {"mocov3": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}, "optim": {"nesterov": True}},
+    "byol": {"byol": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}},
+    "simsiam": {"simsiam": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 4}},
+    "barlow_twins": {"barlow_twins": {"proj_hidden": 16, "proj_dim": 8},
+                     "optim": {"name": "lars", "lr": 0.3, "lars_eta": 0.02, "warmup_epochs": 1}},
+    "vicreg": {"vicreg": {"proj_hidden": 16, "proj_dim": 8}, "optim": {"name": "lars", "lr": 0.3, "lars_eta": 0.02}},
 }
 
 
