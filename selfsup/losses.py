@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from selfsup.distributed import gather_with_grad, rank, world_size
+from selfsup.distributed import all_gather_nograd, gather_with_grad, rank, world_size
 from selfsup.ot import equipartition
 
 
@@ -189,8 +189,6 @@ def contrastive_across_batch(q: torch.Tensor, k: torch.Tensor, temperature: floa
         torch.Size([])
     """
     _same_shape_rows("contrastive_across_batch", q, k)
-    from selfsup.distributed import all_gather_nograd
-
     q = F.normalize(q.float(), dim=1)
     keys = F.normalize(all_gather_nograd(k.detach().float()), dim=1)
     labels = torch.arange(len(q), device=q.device) + rank() * len(q)
