@@ -1,6 +1,6 @@
 """What the Siamese methods share (MoCo v2/v3, BYOL, SimSiam, Barlow Twins, VICReg): two augmented views of every
-image, each with its own augmentation (BYOL's asymmetric blur and solarisation), run through one encoder as one
-batch.
+image, each with its own augmentation (BYOL's asymmetric blur and solarisation), each run through the encoder on
+its own.
 
 Not a method itself: each of those is its own file, built on TwoViewMethod.
 """
