@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/selfsup demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check selfsup tests benchmarks
+	$(VENV)/bin/ruff check selfsup tests benchmarks examples
 	$(PY) -m pytest -q
 
 clean:

@@ -1,5 +1,5 @@
 """`selfsup` command line: pretrain, eval knn|linear|nonlinear|quadrant, labels, transfer, export, config, study,
-bench, demo. Each handler is a few lines over the library."""
+plot, bench, demo. Each handler is a few lines over the library."""
 
 from __future__ import annotations
 
@@ -88,6 +88,9 @@ def _demo(args) -> None:
     from selfsup.demo import run_demo
 
     run_demo(Path(args.out), force=args.force, epochs=args.epochs)
+    report = Path(args.out) / "report.md"
+    print("\n".join(line for line in report.read_text().splitlines() if not line.startswith("![")).rstrip())
+    print(f"\nreport with pictures: {report}")
 
 
 def _study(args) -> None:
@@ -101,6 +104,13 @@ def _study(args) -> None:
     results = run_study(study, out, force=args.force, device=args.device, command=command)
     print(json.dumps({name: {"linear": r["linear"], "knn": r["knn"]} for name, r in results.items()}))
     print(f"report: {out / 'report.md'}")
+
+
+def _plot(args) -> None:
+    from selfsup.report import plot_runs
+
+    out = args.output or (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+    print(f"plot: {plot_runs(args.runs, out)}")
 
 
 def _bench(args) -> None:
@@ -210,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time each method with its backbone through torch.compile")
     be.add_argument("--force", action="store_true", help="replace today's results file for this device")
     be.set_defaults(func=_bench)
+
+    pl = sub.add_parser("plot", help="draw loss, learning rate and kNN against epochs for one or more runs (overlaid) "
+                        "into a PNG")
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    pl.add_argument("--output", "-o", help="PNG to write (default RUN/curves.png for one run, curves.png for several)")
+    pl.set_defaults(func=_plot)
 
     cf = sub.add_parser("config",
                         help="show a recipe's resolved config, or list every config key with type and default")

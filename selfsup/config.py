@@ -120,6 +120,8 @@ class EvalConfig:
         "probe_weight_decay": "[0, inf)",
         "probe_batch_size": "[1, inf)",
         "batch_size": "[1, inf)",
+        "few_labels": "[0, inf)",
+        "few_label_draws": "[1, inf)",
     }
 
     source: str | None = None  # default: the training source when it has labels
@@ -136,6 +138,27 @@ class EvalConfig:
     probe_weight_decay: float = 5e-4
     probe_batch_size: int = 256
     batch_size: int = 512  # feature extraction
+    few_labels: int = 0  # studies: also probe every layer with this many labels per class (0: not done)
+    few_label_draws: int = 5  # ... over this many seeded class-balanced draws (mean and std reported)
+
+
+@dataclass
+class CheckpointConfig:
+    """What a run keeps besides its last two checkpoints."""
+
+    RANGES: ClassVar[dict[str, str]] = {"save_every": "[0, inf)"}
+
+    save_every: int = 0  # also keep checkpoint-epochNNNN.pt every this many epochs (0: only the last two)
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases, when `logger` lists wandb (pip install 'selfsup[wandb]'); WANDB_MODE=offline works too."""
+
+    project: str = "selfsup"
+    entity: str | None = None
+    name: str | None = None  # default: the run directory's name
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -147,6 +170,7 @@ class Config:
         "batch_size": "[1, inf)",
         "seed": "[0, inf)",  # numpy's generators (data.num_images, data.imbalance) take no negative seed
         "log_every": "[1, inf)",
+        "log_seconds": "(0, inf)",
         "max_minutes": "[0, inf)",  # 0: stop after the first epoch (then --resume), a documented use
     }
 
@@ -160,13 +184,18 @@ class Config:
     channels_last: str = "auto"  # auto (= true: faster on CPU and CUDA alike) | true | false
     compile: bool = False
     sync_bn: bool = False  # under torchrun on CUDA: batch-norm statistics over the global batch (SyncBatchNorm)
-    log_every: int = 20
+    log_every: int = 20  # steps between the loss/lr values logged (and per-step metrics rows)
+    log_seconds: float | None = None  # progress lines in a job log every this many s (None: $SELFSUP_LOG_SECONDS or 30)
+    log_steps: bool = False  # also write a metrics.jsonl row every log_every steps (rows with "step")
+    logger: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard and/or wandb, or []
     max_minutes: float | None = None  # stop cleanly after the epoch that crosses this wall-clock budget
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     # Method sections by method name, made on first use; not a key of its own (recipes write `simclr: {...}`).
     method_sections: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -558,7 +587,8 @@ def resolved_yaml(recipe: str | None, overrides: list[str]) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "EvalConfig", "IN_MEMORY", "load_config",
+__all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "EvalConfig", "CheckpointConfig", "WandbConfig",
+           "IN_MEMORY", "load_config",
            "apply_overrides", "update_config", "check_config", "parse_overrides", "read_yaml", "config_to_dict",
            "save_config", "load_run_config", "upgrade_saved", "config_keys", "section_keys", "import_modules",
            "keys_table", "resolved_yaml"]

@@ -42,6 +42,65 @@ def plot_probes(results: dict[str, dict[str, float]], path: Path, title: str = "
     fig.savefig(path)
 
 
+def _curve(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    points = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _within_epochs(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """Per-step rows (log_steps) placed at fractional epochs: the k-th of an epoch's n rows at epoch - 1 + k/n."""
+    by_epoch: dict[int, list[dict]] = {}
+    for r in rows:
+        if isinstance(r.get(key), (int, float)):
+            by_epoch.setdefault(r["epoch"], []).append(r)
+    xs, ys = [], []
+    for epoch, group in sorted(by_epoch.items()):
+        for k, r in enumerate(group, 1):
+            xs.append(epoch - 1 + k / len(group))
+            ys.append(r[key])
+    return xs, ys
+
+
+def plot_runs(runs: list[Path], path: Path, labels: list[str] | None = None) -> Path:
+    """Loss, learning rate and kNN top-1 against epochs from the runs' metrics.jsonl, several runs overlaid (per-step
+    rows, when the run wrote them, as a thin line under the epoch means); returns the PNG's path."""
+    from selfsup.engine.checkpoint import read_metrics
+    from selfsup.errors import SelfSupError
+
+    runs = [Path(r) for r in runs]
+    labels = labels or [r.name or str(r) for r in runs]
+    fig = Figure(figsize=(13, 3.8), dpi=110)
+    axes = fig.subplots(1, 3)
+    titles = (("loss", "training loss"), ("lr", "learning rate"), ("knn_top1", "kNN top-1 (%)"))
+    for run, label in zip(runs, labels):
+        if not run.is_dir():
+            raise SelfSupError(f"run directory {run} does not exist")
+        rows = read_metrics(run)
+        if not rows:
+            raise SelfSupError(f"{run} has no epochs in metrics.jsonl yet; plot a run that finished an epoch")
+        steps = [r for r in read_metrics(run, steps=True) if "step" in r]
+        for ax, (key, _) in zip(axes, titles):
+            sx, sy = _within_epochs(steps, key) if key != "knn_top1" else ([], [])
+            x, y = _curve(rows, key)
+            line = ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=label)[0]
+            if sx:
+                ax.plot(sx, sy, color=line.get_color(), alpha=0.3, linewidth=0.8)
+    for ax, (key, title) in zip(axes, titles):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if key == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="gray")
+    if len(runs) > 1:
+        axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
 def write_probe_report(run_dir: Path, results: dict[str, dict[str, float]], title: str, note: str = "",
                        extra: str = "") -> Path:
     """Write report.md and probes.png into run_dir; returns the report path."""
@@ -59,6 +118,15 @@ def write_probe_report(run_dir: Path, results: dict[str, dict[str, float]], titl
 def cluster_grid(images: np.ndarray, features: torch.Tensor, labels: torch.Tensor, path: Path,
                  max_clusters: int = 16, per_cluster: int = 10, scale: int = 2) -> Path:
     """PNG grid: one row per cluster (largest first), its images closest to the cluster's mean feature."""
+    Image.fromarray(cluster_picture(images, features, labels, max_clusters, per_cluster, scale)).save(path)
+    return path
+
+
+def cluster_picture(images: np.ndarray, features: torch.Tensor, labels: torch.Tensor, max_clusters: int = 16,
+                    per_cluster: int = 10, scale: int = 2) -> np.ndarray:
+    """uint8 (H,W,3) grid: one row per cluster (largest first), its images closest to the cluster's mean feature,
+    upscaled `scale`x."""
+    labels = labels.long()
     feats = F.normalize(features.float(), dim=1)
     sizes = torch.bincount(labels, minlength=int(labels.max()) + 1)
     rows = []
@@ -74,8 +142,7 @@ def cluster_grid(images: np.ndarray, features: torch.Tensor, labels: torch.Tenso
             row[:, j * w:(j + 1) * w] = images[i]
         rows.append(row)
     grid = np.concatenate(rows) if rows else np.zeros((h, w, 3), np.uint8)
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
-    return path
+    return grid.repeat(scale, 0).repeat(scale, 1)
 
 
 def unnormalize(x: torch.Tensor) -> torch.Tensor:
@@ -108,22 +175,50 @@ def study_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+STUDY_METRICS = {"linear": "linear probe top-1 (%)", "layer_knn": "kNN top-1 (%)",
+                 "few_labels": "few-label probe top-1 (%)"}
+
+
+def layer_table(rows: dict[str, dict], key: str) -> str:
+    """Markdown table of one per-layer result of study cells: `layer_knn`, or `few_labels` as mean ± std."""
+    layers = list(next(iter(rows.values()))[key])
+    lines = ["| cell | " + " | ".join(layers) + " |", "|---|" + "---:|" * len(layers)]
+    for label, r in rows.items():
+        cells = [f"{v[0]:.1f} ± {v[1]:.1f}" if isinstance(v, (list, tuple)) else f"{v:.1f}" for v in r[key].values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_study(rows: dict[str, dict], methods: list[str], path: Path) -> None:
-    """Accuracy vs layer: one panel per method, one line per training source, baselines dashed on every panel."""
+    """Accuracy vs layer: one panel per method (columns) and measure (rows: the linear probe, and kNN and few-label
+    probes when the cells have them, the latter with a band of one standard deviation), one line per training
+    source, baselines dashed on every panel."""
     baselines = {label: r for label, r in rows.items() if r["method"] in ("random", "supervised")}
-    fig = Figure(figsize=(4.5 * len(methods), 3.8), dpi=120)
-    axes = fig.subplots(1, len(methods), squeeze=False, sharey=True)
-    for ax, method in zip(axes[0], methods):
-        for label, r in rows.items():
-            if r["method"] == method:
-                ax.plot(list(r["linear"]), list(r["linear"].values()), marker="o", label=label.split(" · ", 1)[-1])
-        for (label, r), style in zip(baselines.items(), ("k--", "k:")):
-            ax.plot(list(r["linear"]), list(r["linear"].values()), style, label=label)
-        ax.set_title(method)
-        ax.set_xlabel("layer")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("linear probe top-1 (%)")
+    metrics = [m for m in STUDY_METRICS if all(m in r for r in rows.values())]
+    fig = Figure(figsize=(4.5 * len(methods), 3.6 * len(metrics)), dpi=120)
+    axes = fig.subplots(len(metrics), len(methods), squeeze=False, sharey="row")
+
+    def draw(ax, values: dict, style: str | None, label: str) -> None:
+        layers = list(values)
+        pairs = [v if isinstance(v, (list, tuple)) else (v, 0.0) for v in values.values()]
+        mean = np.array([p[0] for p in pairs])
+        line = ax.plot(layers, mean, *([style] if style else []), marker=None if style else "o", label=label)[0]
+        spread = np.array([p[1] for p in pairs])
+        if spread.any():
+            ax.fill_between(layers, mean - spread, mean + spread, color=line.get_color(), alpha=0.15)
+
+    for row, metric in enumerate(metrics):
+        for ax, method in zip(axes[row], methods):
+            for label, r in rows.items():
+                if r["method"] == method:
+                    draw(ax, r[metric], None, label.split(" · ", 1)[-1])
+            for (label, r), style in zip(baselines.items(), ("k--", "k:")):
+                draw(ax, r[metric], style, label)
+            ax.set_title(method)
+            ax.set_xlabel("layer")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[row][0].set_ylabel(STUDY_METRICS[metric])
     fig.tight_layout()
     fig.savefig(path)
 

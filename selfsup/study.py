@@ -36,10 +36,11 @@ from selfsup.distributed import pick_device
 from selfsup.engine import RunLock, load_checkpoint, load_run, pretrain, read_metrics, source_images
 from selfsup.engine.checkpoint import has_checkpoint
 from selfsup.errors import SelfSupError
-from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
+from selfsup.eval import eval_splits, few_label_probes, layer_knn, linear_probes, run_knn, tap_features
 from selfsup.methods import METHODS
 from selfsup.nets import Backbone, backbone_from
-from selfsup.report import filter_grid, image_rows, plot_study, study_table
+from selfsup.progress import say
+from selfsup.report import filter_grid, image_rows, layer_table, plot_study, study_table
 
 STUDY_KEYS = ("methods", "sources", "baselines", "base", "overrides")
 BASELINES = ("random", "supervised")
@@ -196,14 +197,25 @@ def _run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: b
         backbone, transform = method.eval_backbone, method.input_transform
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    linear = linear_probes(tap_features(backbone, cfg, device, None, splits, transform), cfg, device)  # every tap
+    feats = tap_features(backbone, cfg, device, None, splits, transform)  # every tap
+    linear = linear_probes(feats, cfg, device)
     if knn is None:
         knn = run_knn(backbone, cfg, device, splits, transform)
+    extra = {}
+    if cfg.eval.few_labels:
+        # Where random features are weak: kNN on every layer, and probes that see only a few labels per class.
+        extra["layer_knn"] = {k: round(v, 2) for k, v in layer_knn(feats, cfg, device).items()}
+        few = few_label_probes(feats, cfg, device, cfg.eval.few_labels, cfg.eval.few_label_draws)
+        extra["few_labels"] = {k: [round(m, 2), round(s, 2)] for k, (m, s) in few.items()}
     result = {"cell": cell.name, "label": cell.label, "method": cell.method, "source": cell.source,
-              "linear": {k: round(v, 2) for k, v in linear.items()}, "knn": round(knn, 2), **train,
+              "linear": {k: round(v, 2) for k, v in linear.items()}, "knn": round(knn, 2), **extra, **train,
               "probe_minutes": round((time.time() - t0) / 60, 2),
               "config": config_to_dict(cfg)}
-    np.save(cell_dir / "conv1_filters.npy", _first_conv(backbone).detach().cpu().numpy())
+    conv1 = _first_conv(backbone).detach().cpu().numpy()
+    np.save(cell_dir / "conv1_filters.npy", conv1)
+    if cell.method != "random":  # what training wrote into conv1: its change from the run's own initialisation
+        start = _first_conv(load_run(cell_dir, device, random_init=True).eval_backbone).detach().cpu().numpy()
+        np.save(cell_dir / "conv1_change.npy", conv1 - start)
     tmp = saved.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(saved)
@@ -245,12 +257,12 @@ def run_study(study: Study, out: Path, force: bool = False, device: str = "auto"
     t0 = time.time()
     for i, cell in enumerate(cells):
         if progress:
-            print(f"[{i + 1}/{len(cells)}] {cell.name}", flush=True)
+            say(f"[{i + 1}/{len(cells)}] {cell.name}")
         try:
             results[cell.name] = run_cell(cell, out / "cells" / cell.name, splits, dev, force, progress)
         except SelfSupError as e:  # one bad cell (a diverging run, a config clash) must not cost the others
             failed[cell.name] = str(e)
-            print(f"cell {cell.name} failed: {e}", flush=True)
+            say(f"cell {cell.name} failed: {e}")
     if results:
         write_study_report(study, results, out, command, minutes=(time.time() - t0) / 60, device=str(dev),
                            failed=failed, splits=splits)
@@ -270,6 +282,10 @@ def write_study_report(study: Study, results: dict, out: Path, command: str = ""
     plot_study(rows, study.methods, out / "layers.png")
     filter_grid({label: np.load(out / "cells" / r["cell"] / "conv1_filters.npy") for label, r in rows.items()},
                 out / "filters.png")
+    changes = {label: out / "cells" / r["cell"] / "conv1_change.npy" for label, r in rows.items()}
+    changes = {label: np.load(p) for label, p in changes.items() if p.is_file()}
+    if changes:
+        filter_grid(changes, out / "filter_changes.png")
     sources = source_picture(cells)
     if sources is not None:
         from PIL import Image
@@ -281,10 +297,22 @@ def write_study_report(study: Study, results: dict, out: Path, command: str = ""
     lines = [
         "# What a single image teaches",
         "",
+        f"What you are looking at: how well the features of networks trained without labels "
+        f"({', '.join(study.methods)}) on {' or on '.join(source_label(s) for s in study.sources)} let a simple "
+        f"classifier tell apart the classes of {e.source or cfg.data.source}, layer by layer"
+        + ("" if not study.baselines else ", beside " + " and ".join(
+            {"random": "an untrained network (random init)", "supervised": "a network trained with the labels "
+             "(supervised)"}[b] for b in study.baselines)) + ".",
+        "",
         f"Backbone `{cfg.model.backbone}` (width {cfg.model.width}) at {cfg.model.input_size} px, the same for every "
-        f"cell. Linear probes on every conv layer, each average-pooled to about {e.probe_dims} dimensions "
-        f"({e.probe_epochs} epochs of AdamW), and weighted kNN (k={e.knn_k}) on the final representation; trained and "
-        f"tested on {e.source or cfg.data.source} ({len(splits[0])} train / {len(splits[1])} test images).",
+        f"cell. Linear probes on every conv layer, each "
+        + ("globally average-pooled (one number per channel)" if e.probe_dims == 1
+           else f"average-pooled to about {e.probe_dims} dimensions")
+        + f" ({e.probe_epochs} epochs of AdamW), and weighted kNN (k={e.knn_k}) on the final representation"
+        + (f", on every layer, and linear probes that see {e.few_labels} labelled images per class (mean ± std over "
+           f"{e.few_label_draws} seeded draws, the same draws for every cell)" if e.few_labels else "")
+        + f"; trained and tested on {e.source or cfg.data.source} ({len(splits[0])} train / {len(splits[1])} test "
+        "images).",
         "",
         f"Run on {date.today().isoformat()}{', device ' + device if device else ''}"
         + (f"; this invocation took {minutes:.1f} min (reused cells cost nothing)." if minutes is not None else ".")
@@ -296,14 +324,65 @@ def write_study_report(study: Study, results: dict, out: Path, command: str = ""
         lines += ["Command:", "", f"    {command}", ""]
     if failed:
         lines += ["Cells that failed (left out below):", "", *[f"- {name}: {why}" for name, why in failed.items()], ""]
-    lines += ["Top-1 (%) per layer:", "", study_table(rows), "", "![accuracy vs layer](layers.png)", "",
-              "conv1 filters of each cell:", "", "![conv1 filters](filters.png)", ""]
+    summary = study_summary(rows)
+    if summary:
+        lines += [summary, ""]
+    lines += ["Linear probe top-1 (%) per layer, all training labels:", "", study_table(rows), ""]
+    if e.few_labels:
+        lines += [f"kNN top-1 (%) per layer (k={e.knn_k}, all training labels):", "", layer_table(rows, "layer_knn"),
+                  "", f"Linear probe top-1 (%) per layer with {e.few_labels} labels per class, mean ± std over "
+                  f"{e.few_label_draws} draws:", "", layer_table(rows, "few_labels"), ""]
+    lines += ["![accuracy vs layer](layers.png)", "", "conv1 filters of each cell:", "",
+              "![conv1 filters](filters.png)", ""]
+    if changes:
+        lines += ["What training changed in conv1 (each filter minus the same filter at the run's initialisation, "
+                  "scaled on its own): random init changes nothing; images that taught something leave smooth, "
+                  "structured changes (grey ones from grey digits, coloured ones from a colour photograph).", "",
+                  "![conv1 changes](filter_changes.png)", ""]
     if sources is not None:
         lines += ["Each training source (first column(s)) and images made from it by the single-image augmentation:",
                   "", "![sources](sources.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def study_summary(rows: dict[str, dict]) -> str:
+    """What the tables show, counted from them: on how many layers each cell beats random init by more than a
+    standard deviation (few-label probes, else the linear probe), and where one image is level with all of them."""
+    random = next((r for r in rows.values() if r["method"] == "random"), None)
+    key = "few_labels" if random is not None and "few_labels" in random else "linear"
+    if random is None:
+        return ""
+
+    def mean_std(v):
+        return (v[0], v[1]) if isinstance(v, (list, tuple)) else (v, 0.0)
+
+    parts = []
+    for label, r in rows.items():
+        if r is random or r["method"] == "supervised":
+            continue
+        beats = [layer for layer, v in r[key].items()
+                 if mean_std(v)[0] - mean_std(random[key][layer])[0]
+                 > max(mean_std(v)[1], mean_std(random[key][layer])[1])]
+        parts.append(f"{label}: {len(beats)} of {len(r[key])} layers" + (f" ({', '.join(beats)})" if beats else ""))
+    what = "few-label probes" if key == "few_labels" else "linear probes"
+    text = (f"Layers where a pretrained cell beats random init by more than one standard deviation ({what}): "
+            + "; ".join(parts) + ".") if parts else ""
+    level = []
+    for method in {r["method"] for r in rows.values()} - {"random", "supervised"}:
+        whole = next((r for r in rows.values() if r["method"] == method and r["source"] == "all"), None)
+        for r in rows.values():
+            if whole is None or r["method"] != method or r["source"] == "all":
+                continue
+            close = [layer for layer, v in r[key].items()
+                     if mean_std(v)[0] >= mean_std(whole[key][layer])[0]
+                     - max(mean_std(v)[1], mean_std(whole[key][layer])[1])]
+            level.append(f"{r['label']} is within a standard deviation of (or above) {method} on all images on "
+                         f"{', '.join(close) if close else 'no layer'}")
+    if level:
+        text += " " + "; ".join(sorted(level)) + "."
+    return text
 
 
 __all__ = ["Study", "Cell", "load_study", "make_study", "run_study", "run_cell", "write_study_report", "source_slug"]

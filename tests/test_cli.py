@@ -1,5 +1,6 @@
 import io
 import json
+import re
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -141,15 +142,31 @@ def test_nan_loss_is_one_error_and_exit_2(nan_run):
     status, out, err = nan_run
     assert status == 2 and out == ""
     # The loss is checked every log_every steps (and at the epoch's end), so it is noticed at the last of these 2.
-    assert err.count("selfsup: error:") == 1 and err.count("\n") == 1
+    # One error line, the last; before it only the run's timestamped progress lines (stderr is not a terminal here).
+    lines = err.splitlines()
+    assert err.count("selfsup: error:") == 1 and err.endswith("\n") and lines[-1].startswith("selfsup: error: ")
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in lines[:-1]), err
     assert "selfsup: error: loss became nan at epoch 1, step 2; stopped, and no checkpoint was written" in err
     assert "check the data\n" in err
 
 
-def test_nan_loss_error_starts_its_own_line(nan_run):
-    # As a terminal shows it: a progress bar redraws (and finally clears) its line with carriage returns.
-    shown = [line.rsplit("\r", 1)[-1] for line in nan_run[2].split("\n")]
-    _one_error_line("\n".join(line for line in shown if line.strip()) + "\n", "loss became nan")
+def test_nan_loss_error_starts_its_own_line(nan_run, folder, tmp_path, monkeypatch):
+    # In a log: the error's line is whole, never glued onto a progress line.
+    assert "\nselfsup: error: loss became nan" in nan_run[2]
+    # As a terminal shows it: a progress bar redraws (and finally clears) its line with carriage returns; the run's
+    # first line stays above it.
+    from selfsup.methods.simclr import SimCLR
+
+    real_step = SimCLR.training_step
+    monkeypatch.setenv("SELFSUP_PROGRESS", "bar")
+    monkeypatch.setattr(SimCLR, "training_step", lambda self, b: {"loss": real_step(self, b)["loss"] * float("nan")})
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        assert main(["pretrain", RECIPE, f"data.source=folder:{folder}", *SETTINGS, "--out", str(tmp_path / "r")]) == 2
+    shown = [line.rsplit("\r", 1)[-1] for line in err.getvalue().split("\n")]
+    shown = [line for line in shown if line.strip()]
+    assert shown[0].startswith("selfsup: starting simclr run")
+    _one_error_line("\n".join(shown[1:]) + "\n", "loss became nan")
 
 
 @pytest.mark.parametrize("case", ["unknown config key", "unreadable image"])

@@ -110,6 +110,36 @@ def test_report_from_a_fake_grid(tmp_path):
         assert (tmp_path / png).stat().st_size > 2000
 
 
+def test_report_with_few_label_probes_counts_what_it_shows(tmp_path):
+    """kNN and few-label tables, and the summary sentence counted from them: a layer counts as beaten when the mean
+    is higher by more than the larger standard deviation, and one image is level where it is within one."""
+    study = _study(sources=["all", "image:skimage/astronaut"], baselines=["random"])
+    study.base["eval"] = {**study.base.get("eval", {}), "few_labels": 10, "few_label_draws": 5}
+    few = {"rotnet__all": [[60, 1], [70, 1], [80, 1], [80, 1], [80, 1]],
+           "rotnet__astronaut": [[60, 1], [69.5, 1], [70, 2], [60, 1], [60, 1]],
+           "random__all": [[59.5, 1], [60, 1], [65, 1], [70, 1], [79, 3]]}
+    results = {}
+    for cell in study.cells():
+        (tmp_path / "cells" / cell.name).mkdir(parents=True)
+        np.save(tmp_path / "cells" / cell.name / "conv1_filters.npy", np.ones((4, 3, 5, 5), np.float32))
+        if cell.method != "random":
+            np.save(tmp_path / "cells" / cell.name / "conv1_change.npy", np.full((4, 3, 5, 5), 0.5, np.float32))
+        layers = [f"conv{j}" for j in range(1, 6)]
+        results[cell.name] = {"cell": cell.name, "label": cell.label, "method": cell.method, "source": cell.source,
+                              "linear": dict.fromkeys(layers, 50.0), "knn": 40.0,
+                              "layer_knn": {layer: 70.0 + j for j, layer in enumerate(layers)},
+                              "few_labels": dict(zip(layers, few[cell.name]))}
+    report = write_study_report(study, results, tmp_path).read_text()
+    assert "| rotnet · all images | 60.0 ± 1.0 | 70.0 ± 1.0 | 80.0 ± 1.0 | 80.0 ± 1.0 | 80.0 ± 1.0 |" in report
+    assert "| random init | 70.0 | 71.0 | 72.0 | 73.0 | 74.0 |" in report  # the kNN table
+    assert "rotnet · all images: 3 of 5 layers (conv2, conv3, conv4)" in report  # conv5: 80 vs 79 ± 3
+    assert "rotnet · 1 image (astronaut): 2 of 5 layers (conv2, conv3)" in report  # conv3: 70 ± 2 vs 65 ± 1
+    assert ("rotnet · 1 image (astronaut) is within a standard deviation of (or above) rotnet on all images on "
+            "conv1, conv2.") in report
+    assert "What you are looking at:" in report
+    assert (tmp_path / "filter_changes.png").stat().st_size > 2000
+
+
 def test_new_probe_settings_reprobe_without_retraining(tmp_path):
     run_study(_study(sources=["all"], baselines=[]), tmp_path, progress=False)
     ckpt = tmp_path / "cells" / "rotnet__all" / "checkpoint.pt"

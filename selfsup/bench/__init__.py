@@ -33,6 +33,7 @@ import torch
 from selfsup.bench.report import write_report
 from selfsup.bench.settings import MODES, cores, settings
 from selfsup.errors import SelfSupError
+from selfsup.progress import stamp
 
 
 def _in_fresh_process(item: dict) -> dict:
@@ -78,12 +79,19 @@ def plan(methods: list[str], s: dict, device: str, skip: set[str], compiled: boo
     return items
 
 
+def summary(item: dict, result: dict) -> str:
+    """One line for a bench item's result: what was measured and its main numbers."""
+    what = " ".join(str(item[k]) for k in ("kind", "method", "mode", "solver") if item.get(k))
+    if "error" in result:
+        return f"{what}: failed ({str(result['error']).splitlines()[0][:200]})"
+    shown = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return f"{what}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+
+
 def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmarks/results", tiny: bool = False,
           skip: set[str] | None = None, overrides: dict | None = None, force: bool = False,
           command: str = "selfsup bench", progress: bool = True, compiled: bool = False) -> tuple[Path, list[dict]]:
     """Run every item in a fresh process and write <out>/<device>-<date>.md and .json; returns the markdown path."""
-    from tqdm import tqdm
-
     from selfsup.distributed import pick_device
     from selfsup.methods import METHODS
 
@@ -120,15 +128,19 @@ def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmark
         load_source(s["source"], "train", s.get("root"))
     items = plan(methods, s, str(dev), skip, compiled)
     results = []
-    for item in tqdm(items, desc="bench", disable=not progress, dynamic_ncols=True):
-        results.append({"item": item, "result": _in_fresh_process(item)})
     meta = {"command": command, "date": date.today().isoformat(), "device": dev.type,
             "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                             else f"CPU ({platform.processor() or platform.machine()})"),
             "cores": cores(), "threads": torch.get_num_threads(), "torch": torch.__version__, "settings": s,
             "skipped": sorted(skip)}
-    json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    write_report(results, meta, md_path)
+    for i, item in enumerate(items, 1):
+        results.append({"item": item, "result": _in_fresh_process(item)})
+        # Each result is printed and both files rewritten as it comes: a bench stopped by a time limit (a GPU lent
+        # for minutes) still leaves every number it measured.
+        json_path.write_text(json.dumps({"meta": {**meta, "partial": i < len(items)}, "results": results}, indent=1))
+        write_report(results, meta, md_path)
+        if progress:
+            print(f"{stamp()} bench [{i}/{len(items)}] {summary(item, results[-1]['result'])}", flush=True)
     return md_path, results
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from selfsup.data.cache import cache_dir, cache_key, cached_arrays
 from selfsup.errors import SelfSupError
+from selfsup.progress import Progress
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_ALIASES = {"val": "test", "valid": "test", "validation": "test"}
@@ -442,10 +443,12 @@ def _folder(arg: str, split: str, root: Path, download: bool, size: int | None) 
         classes = sorted(names) if labelled else []
         index = {c: i for i, c in enumerate(classes)}
         images, labels = [], []
-        for r, read, full in chosen:
-            images.append(_decode_image(read(), f"{path}/{full}", size))
-            if labelled:
-                labels.append(index[r.parts[0]])
+        with Progress(len(chosen), f"decoding {path.name} ({split}) into the cache", unit="img") as bar:
+            for r, read, full in chosen:
+                images.append(_decode_image(read(), f"{path}/{full}", size))
+                if labelled:
+                    labels.append(index[r.parts[0]])
+                bar.update()
         shapes = {im.shape for im in images}
         if len(shapes) > 1:
             raise SelfSupError(f"images in {path} differ in size ({len(shapes)} sizes, e.g. {sorted(shapes)[:2]}); "

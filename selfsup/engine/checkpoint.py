@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ from selfsup.errors import SelfSupError, warn
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"  # the checkpoint before the last one: the fallback when the last is damaged
 METRICS = "metrics.jsonl"
+CLUSTERS = "clusters.png"  # a clustering method's largest clusters at the end of a run
+CURVES = "curves.png"  # loss, lr and kNN against epochs, drawn at the end of a run (selfsup plot draws it too)
+KEPT = "checkpoint-epoch{:04d}.pt"  # the periodic checkpoints of checkpoint.save_every
 CONFIG = "config.yaml"
 EVAL_LOG = "eval.jsonl"
 
@@ -92,6 +96,22 @@ def save_checkpoint(run_dir: Path, state: dict, replace_damaged: bool = False) -
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
         raise SelfSupError(f"cannot write the checkpoint in {run_dir} ({reason}); the previous checkpoint is "
                            "kept") from None
+
+
+def keep_checkpoint(run_dir: Path, epoch: int) -> Path:
+    """checkpoint.pt also kept as checkpoint-epochNNNN.pt (checkpoint.save_every): a hard link, as the next save
+    replaces checkpoint.pt by a rename and leaves this file alone; a copy where links are not supported."""
+    path, kept = Path(run_dir) / CHECKPOINT, Path(run_dir) / KEPT.format(epoch)
+    try:
+        kept.unlink(missing_ok=True)
+        try:
+            os.link(path, kept)
+        except OSError:
+            shutil.copy2(path, kept)
+    except OSError as e:
+        raise SelfSupError(f"cannot keep epoch {epoch}'s checkpoint as {kept} ({e.strerror or e}); checkpoint.pt is "
+                           "saved (resume with --resume)") from None
+    return kept
 
 
 def _keep_as_previous(path: Path, previous: Path) -> None:
@@ -200,7 +220,9 @@ ASIDE = ".replaced-"  # prefix of the folder inside a run that holds the run --f
 # once the new run has a checkpoint; one holding anything else is kept (it may be the user's).
 RUN_FILES = {CONFIG, CHECKPOINT, PREVIOUS, CHECKPOINT + ".tmp", METRICS, METRICS + ".tmp", EVAL_LOG, "tb",
              "samples.png", "report.md", "probes.png", "seeds.npz", "probes.json", "probes.tmp", "conv1_filters.npy",
-             "backbone.safetensors", "backbone_torchvision.pth", "backbone_timm.safetensors"}
+             "conv1_change.npy",
+             "backbone.safetensors", "backbone_torchvision.pth", "backbone_timm.safetensors", CURVES, CLUSTERS, "wandb",
+             "wandb-id.txt"}
 
 
 def move_aside(out: Path) -> Path | None:
@@ -226,7 +248,8 @@ def move_aside(out: Path) -> Path | None:
 
 def foreign_files(aside: Path) -> list[str]:
     """The files of a replaced run that selfsup did not write (kept rather than deleted)."""
-    return sorted(p.name for p in aside.iterdir() if p.name not in RUN_FILES)
+    return sorted(p.name for p in aside.iterdir()
+                  if p.name not in RUN_FILES and not re.fullmatch(r"checkpoint-epoch\d+\.pt", p.name))
 
 
 def restore_aside(out: Path, aside: Path) -> None:
@@ -290,12 +313,15 @@ def write_metrics(out: Path, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def read_metrics(out: Path) -> list[dict]:
-    """Every line of a run's metrics.jsonl (a damaged line is skipped with a warning)."""
-    return read_jsonl(Path(out) / METRICS)
+def read_metrics(out: Path, steps: bool = False) -> list[dict]:
+    """The epoch lines of a run's metrics.jsonl, and with `steps` the per-step rows (log_steps: rows with "step")
+    too, in file order (a damaged line is skipped with a warning)."""
+    rows = read_jsonl(Path(out) / METRICS)
+    return rows if steps else [r for r in rows if "step" not in r]
 
 
-__all__ = ["CHECKPOINT", "PREVIOUS", "METRICS", "CONFIG", "EVAL_LOG", "ASIDE", "RUN_FILES", "save_atomic",
-           "save_checkpoint", "load_checkpoint", "read_checkpoint", "state_digest", "has_checkpoint",
-           "require_checkpoint", "is_run_dir", "check_run_dir", "move_aside", "restore_aside", "foreign_files",
-           "append_jsonl", "read_jsonl", "append_metrics", "write_metrics", "read_metrics", "DamagedCheckpoint"]
+__all__ = ["CHECKPOINT", "PREVIOUS", "METRICS", "CONFIG", "CURVES", "CLUSTERS", "KEPT", "EVAL_LOG", "ASIDE",
+           "RUN_FILES", "keep_checkpoint", "save_atomic", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "state_digest", "has_checkpoint", "require_checkpoint", "is_run_dir", "check_run_dir", "move_aside",
+           "restore_aside", "foreign_files", "append_jsonl", "read_jsonl", "append_metrics", "write_metrics",
+           "read_metrics", "DamagedCheckpoint"]

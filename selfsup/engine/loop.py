@@ -22,17 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from selfsup.augmentation import synthesize
 from selfsup.config import Config, check_config, config_to_dict, load_run_config, save_config
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.engine.checkpoint import (
     CHECKPOINT,
+    CLUSTERS,
     CONFIG,
+    CURVES,
     append_metrics,
     check_run_dir,
     foreign_files,
+    keep_checkpoint,
     load_checkpoint,
     move_aside,
     read_metrics,
@@ -43,12 +45,14 @@ from selfsup.engine.checkpoint import (
 )
 from selfsup.engine.data import source_images, training_data
 from selfsup.engine.lock import RunLock
+from selfsup.engine.logs import Loggers, check_loggers, open_loggers
 from selfsup.engine.optim import Schedule, build_optimizer
 from selfsup.errors import SelfSupError, warn
 from selfsup.eval import eval_splits, run_knn
 from selfsup.methods.base import Batch, EpochContext, Method, RunInfo
 from selfsup.methods.registry import build_method, get_method
 from selfsup.nets import model_config_of
+from selfsup.progress import Progress, say, set_interval, shown
 
 
 @dataclass
@@ -60,12 +64,13 @@ class Run:
     info: DistInfo
     resume: bool
     progress: bool
-    writer: object | None = None
+    logs: Loggers | None = None  # TensorBoard / W&B (rank 0 of a run with a directory)
     started: float = field(default_factory=time.time)
     lock: RunLock | None = None  # held by the process that writes the run directory
     aside: Path | None = None  # the old run --force moved aside, deleted once this run has a checkpoint
     saved_epoch: int | None = None  # the epoch of the newest checkpoint of this run (None: none written)
     history: list[dict] = field(default_factory=list)  # every epoch's metrics line, kept in the checkpoint too
+    step_rows: list[dict] = field(default_factory=list)  # this epoch's per-step rows (log_steps), written with it
     config_saved: bool = False  # config.yaml written (on resume: only after an epoch succeeded with the config)
     damaged_last: bool = False  # resumed from checkpoint.prev.pt because checkpoint.pt was damaged or missing
 
@@ -94,7 +99,7 @@ class Run:
     def note(self, message: str) -> None:
         """A line for the user on stderr (rank 0, when progress is shown)."""
         if self.progress:
-            tqdm.write(message, file=sys.stderr)
+            say(message)
 
 
 @dataclass
@@ -183,6 +188,7 @@ def open_run(cfg: Config, out: str | Path | None, resume: bool, force: bool, pro
     if resume and out is None:
         raise SelfSupError("resume needs the run directory (out=...) to continue from")
     Schedule(cfg.optim, cfg.epochs, 1)  # checks optim.schedule
+    check_loggers(cfg.logger)
     info = init_distributed(cfg.device)
     if cfg.batch_size % info.world_size:
         raise SelfSupError(f"batch_size {cfg.batch_size} must divide evenly over {info.world_size} processes")
@@ -311,17 +317,44 @@ def _first_detail(error: Exception) -> str:
     return (lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__)[:300]
 
 
-def start_logs(run: Run) -> None:
-    """The resolved config.yaml (a resumed run's only after an epoch succeeded with it) and the TensorBoard writer
-    (rank 0 of a run with a directory)."""
+def start_logs(run: Run, method: Method, data: TrainData) -> None:
+    """The run's first line (what trains on what, where), the resolved config.yaml (a resumed run's only after an
+    epoch succeeded with it) and the loggers with the config (rank 0 of a run with a directory)."""
+    cfg, info = run.cfg, run.info
+    images = data.images
+    size = f"{images.shape[1]}x{images.shape[2]}" if images.dim() == 4 else "?"
+    where = f"run {run.out} (config {run.out / CONFIG})" if run.out is not None else "run without a directory"
+    run.note(f"selfsup: {'resuming' if run.resume else 'starting'} {cfg.method} {where} on {run.device}, "
+             f"{info.world_size} process{'es' if info.world_size > 1 else ''}; {len(images):,} training images of "
+             f"{size} ({cfg.data.source}), {data.per_epoch:,} samples per epoch in {data.steps_per_epoch} steps of "
+             f"{cfg.batch_size}, {cfg.epochs} epochs")
     if not run.writes:
         return
     if not run.resume:
-        save_config(run.cfg, run.out / CONFIG)
+        save_config(cfg, run.out / CONFIG)
         run.config_saved = True
-    from torch.utils.tensorboard import SummaryWriter
+    run.logs = open_loggers(cfg.logger, run.out, config_to_dict(cfg), cfg.wandb, run.resume)
+    if not run.resume:
+        run.logs.config(config_to_dict(cfg))
+        views = _views_grid(method, data, cfg)
+        if views is not None:
+            run.logs.image("train/augmented_views", views, 0)
 
-    run.writer = SummaryWriter(str(run.out / "tb"))
+
+def _views_grid(method: Method, data: TrainData, cfg: Config, count: int = 8):
+    """Eight training images (first row) and two draws of the method's augmentation of each (a picture to check
+    the augmentation by eye), from a generator of its own so that the run's random stream is untouched."""
+    from selfsup.augmentation import augment_unit
+    from selfsup.report import image_rows
+
+    gen = torch.Generator(device=data.images.device).manual_seed(cfg.seed)
+    shown = synthesize(data.images, cfg.data.single_image, gen, count) if data.synthesize else data.images[:count]
+    if shown.dim() != 4 or shown.shape[-1] != 3:
+        return None
+    size = method.aug.size
+    first = torch.nn.functional.interpolate(shown.permute(0, 3, 1, 2).float() / 255, size=(size, size),
+                                            mode="bilinear", antialias=True, align_corners=False)
+    return image_rows([first, *[augment_unit(shown, method.aug, gen) for _ in range(2)]])
 
 
 # ---------------------------------------------------------------------------------------------------- an epoch
@@ -350,8 +383,8 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     bad = torch.zeros((), dtype=torch.bool, device=device)
     t0 = time.time()
     steps = data.steps_per_epoch
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress, leave=False,
-               dynamic_ncols=True)
+    bar = Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", unit="img", per_step=cfg.batch_size,
+                   enabled=run.progress)
     for step in range(steps):
         gstep = epoch * steps + step
         lr = schedule.apply(optimizer, gstep)
@@ -373,14 +406,17 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 bad = flag.bool()
             if bad.item():
-                bar.close()  # the error starts its own line
+                bar.close(failed=True)  # the error starts its own line
                 raise SelfSupError(f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, and "
                                    f"{run.kept()} — lower optim.lr or check the data")
-            if run.writer:
-                for key, value in outputs.items():
-                    run.writer.add_scalar(f"train/{key}", float(value.detach()), gstep)
-                run.writer.add_scalar("train/lr", lr, gstep)
-            bar.set_postfix(loss=f"{detached.item():.4f}", lr=f"{lr:.3g}")
+            if run.logs or (cfg.log_steps and run.writes):
+                values = {key: float(value.detach()) for key, value in outputs.items() if value.numel() == 1}
+                if run.logs:
+                    run.logs.scalars("train", {**values, "lr": lr}, gstep)
+                if cfg.log_steps and run.writes:
+                    run.step_rows.append({"epoch": epoch + 1, "step": gstep + 1, **values, "lr": lr,
+                                          "wall_time": round(time.time(), 3)})
+            bar.set(loss=f"{detached.item():.4f}", lr=f"{lr:.3g}")
         bar.update(1)
     bar.close()
     if info.enabled:
@@ -388,7 +424,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
         loss_sum /= info.world_size
     seconds = time.time() - t0
     return {"epoch": epoch + 1, "loss": loss_sum.item() / steps, "lr": lr, "epoch_seconds": round(seconds, 3),
-            "images_per_second": round(steps * cfg.batch_size / seconds, 1)}
+            "images_per_second": round(steps * cfg.batch_size / seconds, 1), "wall_time": round(time.time(), 3)}
 
 
 def _nonfinite(method: Method, run: Run) -> str | None:
@@ -434,41 +470,44 @@ def end_of_epoch(method: Method, optimizer: torch.optim.Optimizer, run: Run, met
     if run.info.is_main and splits and ((cfg.eval.knn_every and epoch % cfg.eval.knn_every == 0) or final):
         metrics["knn_top1"] = round(run_knn(method.eval_backbone, cfg, run.device, splits, method.input_transform), 2)
     if run.writes:
-        run.history.append(metrics)
+        rows, run.step_rows = [*run.step_rows, metrics], []
+        run.history.extend(rows)
         # The checkpoint first, with the history: a kill before the metrics line below loses nothing (resume
         # rewrites metrics.jsonl from it).
         save_checkpoint(run.out, {"epoch": epoch, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
                                   "config": config_to_dict(cfg), "history": run.history},
                         replace_damaged=run.damaged_last)
         run.damaged_last = False
+        if cfg.checkpoint.save_every and epoch % cfg.checkpoint.save_every == 0:
+            keep_checkpoint(run.out, epoch)
         if run.aside is not None:
             _drop_aside(run)
         try:
             if not run.config_saved:
                 save_config(cfg, run.out / CONFIG)
                 run.config_saved = True
-            append_metrics(run.out, metrics)
+            for row in rows:
+                append_metrics(run.out, row)
         except OSError as e:
             raise SelfSupError(f"cannot write in run directory {run.out} ({e.strerror or e}); epoch {epoch}'s "
                                "checkpoint is saved (resume with --resume)") from None
-        for key, value in metrics.items():
-            if key != "epoch":
-                run.writer.add_scalar(f"epoch/{key}", value, epoch)
-        run.writer.flush()
+        run.logs.scalars("epoch", {k: v for k, v in metrics.items() if k not in ("epoch", "wall_time")}, epoch)
+        run.logs.flush()
     if run.out is not None:
         run.saved_epoch = epoch  # on every rank: each may have to say which checkpoint a later stop keeps
-    if run.progress:
-        tqdm.write(" ".join(f"{k}={v}" for k, v in metrics.items()))
+    run.note(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                      if k != "wall_time"))
     if run.info.enabled:
         dist.barrier()
     stop = budget_hit and epoch < cfg.epochs
-    if stop and run.progress:
-        tqdm.write(f"stopping after epoch {epoch}: max_minutes={cfg.max_minutes} reached (resume with --resume)")
+    if stop:
+        run.note(f"stopping after epoch {epoch}: max_minutes={cfg.max_minutes} reached (resume with --resume)")
     return stop
 
 
 def finish(method: Method, run: Run, data: TrainData) -> None:
-    """The run's picture of what the method learnt to do (samples.png), on its first few training images."""
+    """The run's pictures: what the method learnt to do (samples.png, on its first few training images) and its
+    curves (curves.png: loss, learning rate and kNN against epochs)."""
     if run.writes:
         gen = torch.Generator(device=run.device).manual_seed(run.cfg.seed)
         shown = synthesize(data.images, run.cfg.data.single_image, gen, 8) if data.synthesize else data.images[:8]
@@ -477,8 +516,18 @@ def finish(method: Method, run: Run, data: TrainData) -> None:
             from PIL import Image
 
             Image.fromarray(grid).save(run.out / "samples.png")
-    if run.writer:
-        run.writer.close()
+            run.logs.image("samples", grid, run.saved_epoch or 0)
+        clusters = method.cluster_grid(data.images)
+        if clusters is not None:
+            from PIL import Image
+
+            Image.fromarray(clusters).save(run.out / CLUSTERS)
+            run.logs.image("clusters", clusters, run.saved_epoch or 0)
+        from selfsup.report import plot_runs
+
+        plot_runs([run.out], run.out / CURVES)
+    if run.logs:
+        run.logs.close()
 
 
 # ------------------------------------------------------------------------------------------------------- fit
@@ -512,6 +561,12 @@ def fit(method: Method | None = None, data=None, cfg: Config | None = None, out:
     cfg = copy.deepcopy(cfg)
     if isinstance(data, str):  # a source spec is part of the config (and checked by --force like one)
         cfg.data.source, data = data, None
+    set_interval(cfg.log_seconds)
+    with shown(progress):
+        return _fit(method, data, cfg, out, resume, force, progress, eval_data)
+
+
+def _fit(method, data, cfg: Config, out, resume: bool, force: bool, progress: bool, eval_data) -> Method:
     run = open_run(cfg, out, resume, force, progress)
     try:
         method, train = prepare(method, data, run)
@@ -520,7 +575,7 @@ def fit(method: Method | None = None, data=None, cfg: Config | None = None, out:
         schedule = Schedule(cfg.optim, cfg.epochs, train.steps_per_epoch)
         # An eval source the user named must load; the training source is only used when it has labelled splits.
         splits = eval_data or eval_splits(cfg, required=cfg.eval.source is not None)
-        start_logs(run)
+        start_logs(run, method, train)
         method.run_config, method.last_metrics = cfg, {}
         run.started = time.time()
         for epoch in range(start_epoch, cfg.epochs):
@@ -538,8 +593,8 @@ def fit(method: Method | None = None, data=None, cfg: Config | None = None, out:
 def abort(run: Run) -> None:
     """After a failure: a run moved aside by --force comes back when the new one wrote no checkpoint; a directory
     this run made and left empty goes; the lock is freed."""
-    if run.writer:
-        run.writer.close()
+    if run.logs:
+        run.logs.close()
     if run.aside is not None:
         try:
             restore_aside(run.out, run.aside)

@@ -95,6 +95,40 @@ def layer_knn(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str
             for name in feats.train}
 
 
+def few_label_subsets(labels: torch.Tensor, per_class: int, draws: int, seed: int = 0) -> list[torch.Tensor]:
+    """`draws` class-balanced index sets of `per_class` labelled rows per class (seeded draws d = 0..draws-1; the
+    same sets for every model, so their accuracies pair up). A class with fewer rows gives all it has."""
+    labels = labels.long()
+    subsets = []
+    for d in range(draws):
+        gen = torch.Generator().manual_seed(seed * 1_000 + d)
+        picks = []
+        for c in torch.unique(labels[labels >= 0]).tolist():
+            rows = torch.nonzero(labels == c).flatten()
+            picks.append(rows[torch.randperm(len(rows), generator=gen)[:per_class]])
+        subsets.append(torch.cat(picks).sort().values)
+    return subsets
+
+
+def few_label_probes(feats: TapFeatures, cfg: Config, device: torch.device, per_class: int = 10, draws: int = 5,
+                     epochs: int = 100) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation (over `draws` seeded class-balanced subsets) of a linear probe per tap trained on
+    `per_class` labelled images per class and tested on the whole test split: how features do with few labels,
+    where random features are weak. Each probe trains full-batch (`epochs` steps) with the eval section's AdamW
+    settings; nothing is selected on the test split."""
+    e = cfg.eval
+    runs = []
+    for subset in few_label_subsets(feats.train_labels, per_class, draws, cfg.seed):
+        runs.append(train_linear_probes({k: v[subset] for k, v in feats.train.items()}, feats.train_labels[subset],
+                                        feats.test, feats.test_labels, feats.num_classes, epochs, e.probe_lr,
+                                        e.probe_weight_decay, len(subset), device, cfg.seed))
+    out = {}
+    for name in feats.train:
+        acc = torch.tensor([r[name] for r in runs], dtype=torch.float64)
+        out[name] = (acc.mean().item(), acc.std().item() if len(acc) > 1 else 0.0)
+    return out
+
+
 def run_linear(backbone: Backbone, cfg: Config, device: torch.device, layers: list[str] | None = None,
                splits: tuple[ImageArray, ImageArray] | None = None,
                transform: Transform = normalize) -> dict[str, float]:
@@ -103,4 +137,5 @@ def run_linear(backbone: Backbone, cfg: Config, device: torch.device, layers: li
 
 
 __all__ = ["eval_splits", "run_knn", "run_linear", "tap_features", "linear_probes", "layer_knn", "TapFeatures",
+           "few_label_probes", "few_label_subsets",
            "extract_features", "extract_taps", "probe_pool", "knn_accuracy", "knn_predict", "train_linear_probes"]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from selfsup.augmentation import normalize, to_input
 from selfsup.nets import Backbone, eval_mode
+from selfsup.progress import Progress
 
 Transform = Callable[[torch.Tensor], torch.Tensor]  # RGB in [0,1] -> what the backbone sees (Method.input_transform)
 
@@ -24,12 +25,15 @@ def probe_pool(fmap: torch.Tensor, target_dims: int = 9600) -> torch.Tensor:
     return F.adaptive_avg_pool2d(fmap, s).flatten(1)
 
 
-def _batches(images, batch_size: int, device: torch.device):
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        if isinstance(chunk, np.ndarray):
-            chunk = torch.from_numpy(np.require(chunk, requirements=["C", "W"]))  # read-only memory maps are copied
-        yield chunk.to(device, non_blocking=True)
+def _batches(images, batch_size: int, device: torch.device, what: str = "features"):
+    with Progress(-(-len(images) // batch_size), f"{what} of {len(images):,} images", unit="img",
+                  per_step=batch_size) as bar:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            if isinstance(chunk, np.ndarray):
+                chunk = torch.from_numpy(np.require(chunk, requirements=["C", "W"]))  # read-only maps are copied
+            yield chunk.to(device, non_blocking=True)
+            bar.update()
 
 
 @torch.no_grad()
@@ -47,7 +51,7 @@ def extract_taps(backbone: Backbone, images, size: int, device: torch.device, la
     """Every requested tap, pooled to ~target_dims, for all images in one pass; stored on the CPU in `dtype`."""
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     with eval_mode(backbone):
-        for x in _batches(images, batch_size, device):
+        for x in _batches(images, batch_size, device, f"{len(layers)} taps' features"):
             for name, fmap in backbone.forward_taps(to_input(x, size, transform), layers).items():
                 parts[name].append(probe_pool(fmap.float(), target_dims).to("cpu", dtype))
     return {name: torch.cat(p) for name, p in parts.items()}

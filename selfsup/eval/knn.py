@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup.progress import Progress
+
 
 @torch.no_grad()
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
@@ -14,6 +16,9 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     labels = train_labels.to(bank.device).long()
     k = min(k, bank.shape[0])
     scores = []
+    n = test_feats.shape[0]
+    bar = Progress(-(-n // chunk), f"kNN ({n:,} queries, {bank.shape[0]:,} in the bank)", unit="queries",
+                   per_step=chunk)
     for start in range(0, test_feats.shape[0], chunk):
         q = F.normalize(test_feats[start:start + chunk].to(bank.device).float(), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
@@ -21,6 +26,8 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
         votes = torch.zeros(q.shape[0], num_classes, device=bank.device)
         votes.scatter_add_(1, labels[idx], weights)
         scores.append(votes)
+        bar.update()
+    bar.close()
     return torch.cat(scores)
 
 

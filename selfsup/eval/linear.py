@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from selfsup.progress import Progress
+
 
 @torch.no_grad()
 def _standardise(train: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +40,8 @@ def train_linear_probes(train: dict[str, torch.Tensor], train_labels: torch.Tens
     steps = epochs * math.ceil(n_train / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     y_train = train_labels.long()
+    bar = Progress(epochs, f"linear probes on {len(names)} tap{'s' * (len(names) > 1)}, {n_train:,} images",
+                   unit="epochs")
     for _ in range(epochs):
         order = torch.randperm(n_train, generator=gen)
         for start in range(0, n_train, batch_size):
@@ -52,6 +56,8 @@ def train_linear_probes(train: dict[str, torch.Tensor], train_labels: torch.Tens
             loss.backward()
             opt.step()
             sched.step()
+        bar.update()
+    bar.close()
     result = {}
     with torch.no_grad():
         for n in names:

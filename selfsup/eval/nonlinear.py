@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from selfsup.augmentation import normalize, pad_crop_flip, resize, to_input
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import Transform, _batches
 from selfsup.nets import Backbone, eval_mode
+from selfsup.progress import Progress
 
 HEADS = {"mlp": dict(epochs=50, milestones=(0.4, 0.8, 0.9)), "conv": dict(epochs=100, milestones=(0.35, 0.7, 0.85))}
 BATCH_SIZE = 128
@@ -83,9 +83,9 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
     pad = max(1, images.shape[1] // 8)
     bf16 = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     heads.train()
-    bar = tqdm(range(epochs), desc=f"{kind} classifiers", disable=not progress, dynamic_ncols=True)
-    with eval_mode(backbone):  # frozen, batch-norm statistics included
-        for _ in bar:
+    bar = Progress(epochs, f"{kind} classifiers", unit="epochs", enabled=progress)
+    with eval_mode(backbone), bar:  # frozen, batch-norm statistics included
+        for _ in range(epochs):
             order = torch.randperm(n, generator=gen, device=device)
             for start in range(0, n, BATCH_SIZE):
                 idx = order[start:start + BATCH_SIZE]
@@ -100,7 +100,8 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
                 loss.backward()
                 opt.step()
                 sched.step()
-            bar.set_postfix(loss=f"{loss.item() / len(layers):.3f}")
+            bar.set(loss=f"{loss.item() / len(layers):.3f}")
+            bar.update()
         return _accuracy(backbone, heads, layers, test_images, test_labels, size, device, transform)
 
 

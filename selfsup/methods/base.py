@@ -43,6 +43,7 @@ from selfsup.augmentation import AugmentConfig, augment_unit, normalize, to_inpu
 from selfsup.distributed import all_gather_nograd, rank, world_size
 from selfsup.errors import SelfSupError
 from selfsup.nets import Backbone, as_backbone, eval_mode
+from selfsup.progress import Progress
 
 __all__ = ["Method", "Batch", "EpochContext", "DataInfo", "RunInfo", "NoConfig", "Tape", "dataset_pass",
            "gather_shards", "shard_range", "call_frozen", "eval_mode", "run_crops", "check_local_crops"]
@@ -118,11 +119,16 @@ def gather_shards(x: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def dataset_pass(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, size: int,
-                 batch_size: int = 1024, transform: Callable[[torch.Tensor], torch.Tensor] = normalize) -> torch.Tensor:
+                 batch_size: int = 1024, transform: Callable[[torch.Tensor], torch.Tensor] = normalize,
+                 what: str = "pass") -> torch.Tensor:
     """fn applied to this rank's shard of the un-augmented training images (resized, then `transform`), in fp32."""
     start, stop = shard_range(len(images))
-    outs = [fn(to_input(images[i:min(i + batch_size, stop)], size, transform)).float()
-            for i in range(start, stop, batch_size)]
+    outs = []
+    with Progress(-(-(stop - start) // batch_size), f"{what} over {stop - start:,} training images", unit="img",
+                  per_step=batch_size) as bar:
+        for i in range(start, stop, batch_size):
+            outs.append(fn(to_input(images[i:min(i + batch_size, stop)], size, transform)).float())
+            bar.update()
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -293,6 +299,11 @@ class Method(nn.Module):
         report; None when it has none."""
         return None
 
+    def cluster_grid(self, images: torch.Tensor) -> np.ndarray | None:
+        """A uint8 (H,W,3) picture of how the method groups the training images (uint8 N,H,W,3), e.g. a row of
+        images per cluster, for the run's clusters.png and loggers; None when it groups nothing."""
+        return None
+
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
         """RGB in [0,1], (B,3,H,W) -> the backbone's input: ImageNet-normalised RGB by default."""
         return normalize(x)
@@ -327,7 +338,9 @@ class Method(nn.Module):
         """One augmented view of the batch per config (multi-crop: see selfsup.augmentation.multi_crop_configs)."""
         return [self.view(batch, c) for c in configs]
 
-    def dataset_pass(self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        """fn over this rank's shard of the un-augmented training images (as this method's input), in eval mode."""
+    def dataset_pass(self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     what: str = "pass") -> torch.Tensor:
+        """fn over this rank's shard of the un-augmented training images (as this method's input), in eval mode;
+        `what` names it in progress lines (e.g. "SeLa labelling pass")."""
         with eval_mode(self):
-            return dataset_pass(fn, images, self.data.input_size, transform=self.input_transform)
+            return dataset_pass(fn, images, self.data.input_size, transform=self.input_transform, what=what)

@@ -18,6 +18,7 @@ from selfsup.errors import SelfSupError
 from selfsup.methods.base import EpochContext, gather_shards
 from selfsup.methods.pseudo_labels import PseudoLabelMethod
 from selfsup.methods.registry import register_method
+from selfsup.progress import Progress, say
 
 
 @dataclass
@@ -56,6 +57,7 @@ def kmeans_torch(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> tup
     g = torch.Generator(device=x.device).manual_seed(seed)
     centroids = x[torch.randperm(n, generator=g, device=x.device)[:k]].clone()
     assign = torch.zeros(n, dtype=torch.long, device=x.device)
+    bar = Progress(iters, f"k-means ({n:,} x {x.shape[1]} into {k})")
     for _ in range(iters):
         # argmin ||x - c||^2 = argmax (x.c - |c|^2 / 2), computed in chunks to bound memory.
         half_norm = 0.5 * (centroids * centroids).sum(1)
@@ -71,6 +73,8 @@ def kmeans_torch(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> tup
             centroids[big] = centroids[big] - noise
             counts[big] //= 2
             counts[empty] = counts[big]
+        bar.update()
+    bar.close()
     half_norm = 0.5 * (centroids * centroids).sum(1)
     assign = torch.cat([(x[i:i + 8192] @ centroids.T - half_norm).argmax(1) for i in range(0, n, 8192)])
     return assign, centroids
@@ -90,6 +94,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, seed: int, backend: str = "auto"
         else:
             data = x.detach().cpu().float().contiguous().numpy()
             km = faiss.Kmeans(data.shape[1], k, niter=iters, seed=seed, verbose=False)
+            say(f"k-means with faiss: {len(data):,} x {data.shape[1]} into {k} clusters, {iters} iterations")
             km.train(data)
             _, labels = km.index.search(data, 1)
             return torch.from_numpy(labels[:, 0]).long().to(x.device)
@@ -109,7 +114,7 @@ class DeepCluster(PseudoLabelMethod):
     @torch.no_grad()
     def recluster(self, images: torch.Tensor, seed: int) -> None:
         """New pseudo-labels from k-means on the whitened features of the whole training set."""
-        feats = gather_shards(self.dataset_pass(self.backbone, images), len(images))
+        feats = gather_shards(self.dataset_pass(self.backbone, images, "DeepCluster features"), len(images))
         # Every rank clusters the same gathered features with the same seed, so all agree on the labels.
         self.labels[0] = kmeans(pca_whiten(feats, self.cfg.pca_dim), self.cfg.num_clusters, self.cfg.kmeans_iters,
                                 seed, self.cfg.backend)

@@ -4,11 +4,14 @@ loss is the mean over heads of the cross-entropy against each sample's label (-1
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from selfsup.augmentation import to_input
 from selfsup.methods.base import Batch, Method
+from selfsup.nets import eval_mode
 
 
 class PseudoLabelMethod(Method):
@@ -44,6 +47,18 @@ class PseudoLabelMethod(Method):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"loss": self.label_loss(self.logits(self.view(batch)).float(), batch.index)}
+
+    @torch.no_grad()
+    def cluster_grid(self, images: torch.Tensor, limit: int = 10_000) -> np.ndarray:
+        """The largest clusters of head 0 among the first `limit` training images, a row each, its images nearest
+        the cluster's mean feature first (on this process alone: no collective)."""
+        from selfsup.report import cluster_picture
+
+        n = min(len(images), limit, self.labels.shape[1])
+        with eval_mode(self):
+            feats = torch.cat([self.backbone(to_input(images[i:i + 512], self.data.input_size, self.input_transform))
+                               .float() for i in range(0, n, 512)])
+        return cluster_picture(images[:n].cpu().numpy(), feats.cpu(), self.labels[0, :n].cpu())
 
 
 def _upgrade_state(state: dict, prefix: str, *_args) -> None:

@@ -74,7 +74,7 @@ class SeLa(PseudoLabelMethod):
     @torch.no_grad()
     def relabel(self, images: torch.Tensor) -> None:
         """Re-optimise every head's labels over the whole training set with Sinkhorn-Knopp."""
-        log_p = self.dataset_pass(lambda x: F.log_softmax(self.logits(x).float(), dim=2), images)
+        log_p = self.dataset_pass(lambda x: F.log_softmax(self.logits(x).float(), dim=2), images, "SeLa labelling pass")
         for t in range(self.num_heads):
             q = sinkhorn(log_p[:, t], self.cfg.lam, tol=self.cfg.sinkhorn_tol, max_iter=self.cfg.sinkhorn_iters)
             self.labels[t] = gather_shards(q.argmax(1), len(images))
