@@ -8,6 +8,13 @@
 # It needs the CIFAR-10 JPEG copy at ../shared/data/cifar10-jpeg.tar.gz or .data/cifar10-jpeg.tar.gz (or --data),
 # and the project's Python packages. Where some are missing (a GPU machine without internet), carry their wheels in
 # .whl/ (benchmarks/gpu_wheels.sh downloads them here): they are installed into /tmp/site first.
+#
+# On a lent GPU machine that only gets the working tree (tracked files plus carried ignored folders), prepare here:
+#   benchmarks/gpu_wheels.sh                                   # .whl/: kornia, kornia_rs, POT for Python 3.12 (39 MB)
+#   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/   # 19 MB
+# then run `bash benchmarks/gpu_check.sh --out "$OUT"` there carrying .whl and .data (about 61 MB with the tree),
+# with a time limit of 600 s (the check itself ends within its 9 minutes); copy the <device>-<date>.md and .json
+# that come back into benchmarks/results/ and commit them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"

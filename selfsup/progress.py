@@ -6,7 +6,7 @@ newline until it closes. So when stderr is not a terminal, `Progress` writes not
 
     2026-11-26 23:50:01 epoch 3/10: 120/390 (31%) loss=1.2340 lr=0.1 | 412 img/s | ETA 1m05s
 
-and, for work that printed such a line, one when it ends. Short work prints nothing. `SELFSUP_PROGRESS=bar|lines|off`
+and one when it ends, for work that lasted longer than that. Short work prints nothing. `SELFSUP_PROGRESS=bar|lines|off`
 overrides the choice. Every long loop of selfsup (training, labelling passes, k-means, kNN, features, probes, cache
 builds, the bench) goes through this class; `say` is the one-off line (a terminal gets it bare, a log timestamped).
 
@@ -40,9 +40,11 @@ def interval() -> float:
         return 30.0
 
 
-def set_interval(seconds: float | None) -> None:
-    """Set the seconds between progress lines for this process (None: back to the environment's or 30)."""
-    _state["interval"] = seconds
+def set_interval(seconds: float | None) -> float | None:
+    """Set the seconds between progress lines for this process (None: back to the environment's or 30); returns
+    the setting it replaces."""
+    before, _state["interval"] = _state["interval"], seconds
+    return before
 
 
 @contextlib.contextmanager
@@ -128,7 +130,7 @@ class Progress:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.mode == "lines":
+        elif self.mode == "lines" and self.done < self.total:  # the last step's line is close()'s
             now = time.monotonic()
             if now - self.last >= interval():
                 self.last = now
@@ -155,12 +157,15 @@ class Progress:
         print(f"{stamp()} {self.line(now, final)}", file=self.file, flush=True)
 
     def close(self, failed: bool = False) -> None:
-        """End the display; in a log, work that printed progress lines says it ended (unless it failed)."""
+        """End the display; in a log, work that printed progress lines or took longer than their interval says
+        it ended (unless it failed)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        elif self.mode == "lines" and self.lines and not failed:
-            self._line(time.monotonic(), final=True)
+        elif self.mode == "lines" and not failed:
+            now = time.monotonic()
+            if self.lines or now - self.start >= interval():
+                self._line(now, final=True)
         self.mode = "off"
 
 

@@ -35,6 +35,7 @@ from selfsup.config import Config, config_to_dict, load_config, load_run_config,
 from selfsup.distributed import pick_device
 from selfsup.engine import RunLock, load_checkpoint, load_run, pretrain, read_metrics, source_images
 from selfsup.engine.checkpoint import has_checkpoint
+from selfsup.engine.logs import log_eval_result
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, few_label_probes, layer_knn, linear_probes, run_knn, tap_features
 from selfsup.methods import METHODS
@@ -211,6 +212,11 @@ def _run_cell(cell: Cell, cell_dir: Path, splits, device: torch.device, force: b
               "linear": {k: round(v, 2) for k, v in linear.items()}, "knn": round(knn, 2), **extra, **train,
               "probe_minutes": round((time.time() - t0) / 60, 2),
               "config": config_to_dict(cfg)}
+    if cell.method != "random":  # the cell's probes beside its training curves (TensorBoard, W&B)
+        logged = {k: v for k, v in result.items() if k in ("linear", "knn", "layer_knn")}
+        if "few_labels" in extra:
+            logged["few_labels_mean"] = {k: v[0] for k, v in extra["few_labels"].items()}
+        log_eval_result(cell_dir, cfg, "study", logged, result.get("epochs", cfg.epochs))
     conv1 = _first_conv(backbone).detach().cpu().numpy()
     np.save(cell_dir / "conv1_filters.npy", conv1)
     if cell.method != "random":  # what training wrote into conv1: its change from the run's own initialisation

@@ -44,7 +44,7 @@ def test_progress_in_a_log_is_timestamped_lines_without_carriage_returns(lines_m
             bar.update()
     text = out.getvalue()
     lines = text.splitlines()
-    assert "\r" not in text and len(lines) == 5  # one per update, and the final one
+    assert "\r" not in text and len(lines) == 4  # one per update before the last, then the final one
     assert all(STAMP.match(line) for line in lines)
     assert "epoch 1/3: 2/4 (50%) loss=0.5" in lines[1] and "img/s" in lines[1] and "ETA" in lines[1]
     assert "4/4 (100%)" in lines[-1] and "done in" in lines[-1]

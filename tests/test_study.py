@@ -63,6 +63,13 @@ def test_study_resumes_without_redoing_finished_cells(tmp_path):
     assert first["rotnet__all"]["knn"] == round(knn(load_run(cell), *digits), 2)
     assert first["random__all"]["knn"] == round(knn(load_run(cell, random_init=True), *digits), 2)
     assert first["random__all"]["knn"] != first["rotnet__all"]["knn"]
+    # The cell's probes also went to its TensorBoard, at the epoch of its checkpoint.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(cell / "tb"))
+    events.Reload()
+    logged = events.Scalars("eval/study/linear/conv1")
+    assert [(e.step, round(e.value, 2)) for e in logged] == [(1, first["rotnet__all"]["linear"]["conv1"])]
     ckpt = tmp_path / "cells" / "rotnet__all" / "checkpoint.pt"
     stamp = ckpt.stat().st_mtime_ns
     random_probes = (tmp_path / "cells" / "random__all" / "probes.json").stat().st_mtime_ns

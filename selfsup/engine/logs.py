@@ -174,4 +174,30 @@ def open_loggers(names, out: Path, config: dict, wandb_settings=None, resume: bo
     return Loggers(loggers)
 
 
-__all__ = ["Loggers", "TensorBoard", "Wandb", "open_loggers", "check_loggers", "LOGGERS", "WANDB_ID"]
+def log_eval_result(run: Path, cfg, protocol: str, result: dict, epoch: int, random_init: bool = False) -> None:
+    """An evaluation's numbers into run directory `run`'s loggers (TensorBoard's eval/<protocol>/... at the epoch of
+    the checkpoint measured, the W&B run), and the whole result as text; a logger that fails costs a warning,
+    never the result (the caller keeps it elsewhere too)."""
+    from selfsup.errors import warn
+
+    prefix = f"eval{'_random_init' if random_init else ''}/{protocol}"
+    values = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            values.update({f"{prefix}/{key}/{k}": v for k, v in value.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[f"{prefix}/{key}"] = value
+    try:
+        logs = open_loggers(cfg.logger, Path(run), {}, cfg.wandb, resume=True)
+        try:
+            for tag, value in values.items():
+                logs.scalar(tag, value, epoch)
+            logs.text(prefix, "`" + json.dumps(result) + "`", epoch)
+        finally:
+            logs.close()
+    except Exception as e:  # noqa: BLE001 - logging is a copy of a result kept elsewhere
+        warn(f"cannot log the {protocol} result to the loggers of {run} ({type(e).__name__}: {str(e)[:200]})")
+
+
+__all__ = ["log_eval_result", "Loggers", "TensorBoard", "Wandb", "open_loggers", "check_loggers", "LOGGERS", "WANDB_ID"]

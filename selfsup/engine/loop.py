@@ -325,7 +325,8 @@ def start_logs(run: Run, method: Method, data: TrainData) -> None:
     size = f"{images.shape[1]}x{images.shape[2]}" if images.dim() == 4 else "?"
     where = f"run {run.out} (config {run.out / CONFIG})" if run.out is not None else "run without a directory"
     run.note(f"selfsup: {'resuming' if run.resume else 'starting'} {cfg.method} {where} on {run.device}, "
-             f"{info.world_size} process{'es' if info.world_size > 1 else ''}; {len(images):,} training images of "
+             f"{info.world_size} process{'es' if info.world_size > 1 else ''}; {len(images):,} training "
+             f"image{'s' if len(images) != 1 else ''} of "
              f"{size} ({cfg.data.source}), {data.per_epoch:,} samples per epoch in {data.steps_per_epoch} steps of "
              f"{cfg.batch_size}, {cfg.epochs} epochs")
     if not run.writes:
@@ -523,9 +524,10 @@ def finish(method: Method, run: Run, data: TrainData) -> None:
 
             Image.fromarray(clusters).save(run.out / CLUSTERS)
             run.logs.image("clusters", clusters, run.saved_epoch or 0)
-        from selfsup.report import plot_runs
+        if run.history:
+            from selfsup.report import plot_runs
 
-        plot_runs([run.out], run.out / CURVES)
+            plot_runs([run.out], run.out / CURVES)
     if run.logs:
         run.logs.close()
 
@@ -561,9 +563,12 @@ def fit(method: Method | None = None, data=None, cfg: Config | None = None, out:
     cfg = copy.deepcopy(cfg)
     if isinstance(data, str):  # a source spec is part of the config (and checked by --force like one)
         cfg.data.source, data = data, None
-    set_interval(cfg.log_seconds)
-    with shown(progress):
-        return _fit(method, data, cfg, out, resume, force, progress, eval_data)
+    before = set_interval(cfg.log_seconds)
+    try:
+        with shown(progress):
+            return _fit(method, data, cfg, out, resume, force, progress, eval_data)
+    finally:
+        set_interval(before)
 
 
 def _fit(method, data, cfg: Config, out, resume: bool, force: bool, progress: bool, eval_data) -> Method:

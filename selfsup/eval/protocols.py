@@ -4,7 +4,6 @@ runs: a protocol on a run's frozen backbone, its result appended to the run's ev
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from selfsup.augmentation import normalize
 from selfsup.config import EvalConfig, apply_overrides, load_config
 from selfsup.data import ImageArray
+from selfsup.engine.logs import log_eval_result
 from selfsup.errors import SelfSupError, warn
 from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
 from selfsup.nets import Backbone
@@ -142,7 +142,7 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
     # Logged first, with the epoch of the checkpoint it measured (eval may run beside training): a report that
     # cannot be written afterwards costs a warning, never the result.
     _log_result(run, {"protocol": protocol, "epoch": None if random_init else method.run_epoch, **result})
-    _log_to_loggers(run, cfg, protocol, result, method.run_epoch, random_init)
+    log_eval_result(run, cfg, protocol, result, method.run_epoch, random_init)
     if protocol == "linear":
         try:
             write_probe_report(run, _probe_history(run, model_name, accs), title=f"Linear probes: {run.name}",
@@ -150,31 +150,6 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
         except OSError as e:
             warn(f"cannot write the probe report in {run} ({e.strerror or e}); the result is in {run / 'eval.jsonl'}")
     return result
-
-
-def _log_to_loggers(run: Path, cfg, protocol: str, result: dict, epoch: int, random_init: bool) -> None:
-    """The result's numbers into the run's loggers (TensorBoard's eval/... at the checkpoint's epoch, W&B's run),
-    and the whole result as text; a logger that fails costs a warning, never the result."""
-    from selfsup.engine.logs import open_loggers
-
-    prefix = f"eval{'_random_init' if random_init else ''}/{protocol}"
-    values = {}
-    for key, value in result.items():
-        if isinstance(value, dict):
-            values.update({f"{prefix}/{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            values[f"{prefix}/{key}"] = value
-    try:
-        logs = open_loggers(cfg.logger, run, {}, cfg.wandb, resume=True)
-        try:
-            for tag, value in values.items():
-                logs.scalar(tag, value, epoch)
-            logs.text(prefix, "`" + json.dumps(result) + "`", epoch)
-        finally:
-            logs.close()
-    except Exception as e:  # noqa: BLE001 - logging is a copy; the result is already in eval.jsonl
-        warn(f"cannot log the result to the run's loggers ({type(e).__name__}: {str(e)[:200]}); it is in "
-             f"{run / 'eval.jsonl'}")
 
 
 def _log_result(run: Path, entry: dict) -> None:
