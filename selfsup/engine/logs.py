@@ -93,9 +93,14 @@ class Wandb:
             run_id = secrets.token_hex(4)  # W&B ids are short [a-z0-9] strings
             id_file.write_text(run_id + "\n")
         (out / "wandb").mkdir(exist_ok=True)
-        self.run = wandb.init(project=settings.project, entity=settings.entity, name=settings.name or out.name,
-                              tags=list(settings.tags) or None, dir=str(out), id=run_id, resume="allow",
-                              config=config)
+        try:
+            self.run = wandb.init(project=settings.project, entity=settings.entity, name=settings.name or out.name,
+                                  tags=list(settings.tags) or None, dir=str(out), id=run_id, resume="allow",
+                                  config=config)
+        except Exception as e:  # noqa: BLE001 - W&B raises its own kinds (no login, no network, bad entity)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise SelfSupError(f"W&B could not start a run ({first}); log in with `wandb login`, set "
+                               "WANDB_MODE=offline, or drop wandb from logger") from None
         # W&B's own step must only grow, and train/* (per step) and epoch/* (per epoch) count differently: each
         # family gets its own x-axis.
         self.run.define_metric("train/step")
