@@ -72,7 +72,7 @@ def plot_runs(runs: list[Path], path: Path, labels: list[str] | None = None) -> 
     fig = Figure(figsize=(13, 3.8), dpi=110)
     axes = fig.subplots(1, 3)
     titles = (("loss", "training loss"), ("lr", "learning rate"), ("knn_top1", "kNN top-1 (%)"))
-    for run, label in zip(runs, labels):
+    for i, (run, label) in enumerate(zip(runs, labels)):
         if not run.is_dir():
             raise SelfSupError(f"run directory {run} does not exist")
         rows = read_metrics(run)
@@ -82,9 +82,11 @@ def plot_runs(runs: list[Path], path: Path, labels: list[str] | None = None) -> 
         for ax, (key, _) in zip(axes, titles):
             sx, sy = _within_epochs(steps, key) if key != "knn_top1" else ([], [])
             x, y = _curve(rows, key)
-            line = ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=label)[0]
+            colour = f"C{i % 10}"  # one colour per run on every panel
+            if x:
+                ax.plot(x, y, color=colour, marker="o" if len(x) < 30 else None, markersize=3, label=label)
             if sx:
-                ax.plot(sx, sy, color=line.get_color(), alpha=0.3, linewidth=0.8)
+                ax.plot(sx, sy, color=colour, alpha=0.3, linewidth=0.8)
     for ax, (key, title) in zip(axes, titles):
         ax.set_xlabel("epoch")
         ax.set_title(title)

@@ -184,6 +184,7 @@ def test_plot_draws_the_runs_numbers(tmp_path):
     def capture(fig, path, *args, **kwargs):
         drawn.update({ax.get_title(): [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines]
                       for ax in fig.axes})
+        drawn.update({f"{ax.get_title()} text": [t.get_text() for t in ax.texts] for ax in fig.axes})
         return real_savefig(fig, path, *args, **kwargs)
 
     report.Figure.savefig = capture
@@ -193,6 +194,13 @@ def test_plot_draws_the_runs_numbers(tmp_path):
         report.Figure.savefig = real_savefig
     assert drawn["training loss"] == [([1, 2], [3.0, 2.0]), ([2.0], [2.5])]  # epoch means, then the step row
     assert drawn["kNN top-1 (%)"] == [([2], [40.0])]
+    (run / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # a run without kNN: that panel says so
+    report.Figure.savefig = capture
+    try:
+        report.plot_runs([run], tmp_path / "y.png")
+    finally:
+        report.Figure.savefig = real_savefig
+    assert drawn["kNN top-1 (%)"] == [] and drawn["kNN top-1 (%) text"] == ["not measured"]
 
 
 def test_wandb_offline_gets_config_scalars_and_images(tmp_path, monkeypatch):

@@ -62,7 +62,8 @@ def test_wheel_metadata_matches_pyproject(dist):
     assert any("wandb" in r and 'extra == "wandb"' in r for r in required)
     for classifier in project["classifiers"]:
         assert f"Classifier: {classifier}" in meta
-    assert "Project-URL: Source, " in meta and "License" in meta
+    assert "Project-URL: Source, " in meta and "License-Expression: MIT" in meta
+    assert f"selfsup-{selfsup.__version__}.dist-info/licenses/LICENSE" in names
     assert "selfsup = selfsup.cli:main" in entry
     modules = {n for n in names if n.endswith(".py")}
     expected = {str(p.relative_to(ROOT)) for p in (ROOT / "selfsup").rglob("*.py")}

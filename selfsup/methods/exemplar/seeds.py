@@ -27,6 +27,7 @@ from kornia.color import hsv_to_rgb, rgb_to_hsv
 
 from selfsup.augmentation import GRAY, to_float
 from selfsup.errors import SelfSupError
+from selfsup.progress import Progress
 
 
 @dataclass
@@ -101,6 +102,8 @@ def sample_seeds(images: np.ndarray | torch.Tensor, num_seeds: int, patch: int =
     # a full 2P x 2P neighbourhood (reflection needs image_size > P/2, which patch <= image_size guarantees).
     pad = patch // 2
     contexts, corners = [], []
+    bar = Progress(-(-num_seeds // batch_size), f"sampling {num_seeds:,} seed patches", unit="seeds",
+                   per_step=batch_size)
     for start in range(0, num_seeds, batch_size):
         idx = picks[start:start + batch_size]
         batch = torch.as_tensor(np.asarray(images[idx.sort().values.numpy()]))  # memory maps read best in order
@@ -120,6 +123,8 @@ def sample_seeds(images: np.ndarray | torch.Tensor, num_seeds: int, patch: int =
         ctx = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], colsx[:, None, :]]
         contexts.append(ctx.mul(255).round_().to(torch.uint8))
         corners.append(torch.stack([y, xx], 1))
+        bar.update()
+    bar.close()
     return Seeds(picks.numpy(), torch.cat(corners).numpy(), torch.cat(contexts).numpy(), patch, image_size)
 
 
