@@ -20,6 +20,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,16 +60,18 @@ def find_data(given: str | None) -> Path | None:
 def run(cmd: list[str], seconds: float, env: dict) -> int:
     """Run a step with its output streamed; stopped (SIGTERM, then SIGKILL) when its time is up."""
     log(f"$ {' '.join(cmd)}  (at most {seconds:.0f} s)")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    # A process group of its own: the step's own children (the bench runs every item in a fresh process) stop with
+    # it, instead of competing with the next step for the GPU.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     try:
         return proc.wait(timeout=max(1.0, seconds))
     except subprocess.TimeoutExpired:
         log(f"time is up for this step after {seconds:.0f} s; stopping it (what it measured so far is kept)")
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             return proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait()
 
 

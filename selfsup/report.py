@@ -129,6 +129,11 @@ def cluster_picture(images: np.ndarray, features: torch.Tensor, labels: torch.Te
     """uint8 (H,W,3) grid: one row per cluster (largest first), its images closest to the cluster's mean feature,
     upscaled `scale`x."""
     labels = labels.long()
+    keep = labels >= 0  # -1: a sample without a label (given labels with gaps)
+    images, features, labels = images[keep.numpy()], features[keep], labels[keep]
+    if not len(labels):
+        h, w = images.shape[1:3]
+        return np.zeros((h * scale, w * scale, 3), np.uint8)
     feats = F.normalize(features.float(), dim=1)
     sizes = torch.bincount(labels, minlength=int(labels.max()) + 1)
     rows = []

@@ -40,7 +40,7 @@ from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, few_label_probes, layer_knn, linear_probes, run_knn, tap_features
 from selfsup.methods import METHODS
 from selfsup.nets import Backbone, backbone_from
-from selfsup.progress import say
+from selfsup.progress import say, shown
 from selfsup.report import filter_grid, image_rows, layer_table, plot_study, study_table
 
 STUDY_KEYS = ("methods", "sources", "baselines", "base", "overrides")
@@ -254,6 +254,11 @@ def source_picture(cells: list[Cell], per_source: int = 8) -> np.ndarray | None:
 def run_study(study: Study, out: Path, force: bool = False, device: str = "auto", progress: bool = True,
               command: str = "") -> dict:
     """Run (or resume) every cell, then write report.md, layers.png, filters.png and sources.png into out."""
+    with shown(progress):  # progress=False silences every pass inside (training, features, probes)
+        return _run_study(study, Path(out), force, device, progress, command)
+
+
+def _run_study(study: Study, out: Path, force: bool, device: str, progress: bool, command: str) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = study.cells()
@@ -342,8 +347,9 @@ def write_study_report(study: Study, results: dict, out: Path, command: str = ""
               "![conv1 filters](filters.png)", ""]
     if changes:
         lines += ["What training changed in conv1 (each filter minus the same filter at the run's initialisation, "
-                  "scaled on its own): random init changes nothing; images that taught something leave smooth, "
-                  "structured changes (grey ones from grey digits, coloured ones from a colour photograph).", "",
+                  "scaled on its own; random init, which changes nothing, is left out): what the training images "
+                  "wrote into the filters (on grey digits grey changes, on a colour photograph smooth coloured "
+                  "ones).", "",
                   "![conv1 changes](filter_changes.png)", ""]
     if sources is not None:
         lines += ["Each training source (first column(s)) and images made from it by the single-image augmentation:",
@@ -372,9 +378,9 @@ def study_summary(rows: dict[str, dict]) -> str:
                  if mean_std(v)[0] - mean_std(random[key][layer])[0]
                  > max(mean_std(v)[1], mean_std(random[key][layer])[1])]
         parts.append(f"{label}: {len(beats)} of {len(r[key])} layers" + (f" ({', '.join(beats)})" if beats else ""))
-    what = "few-label probes" if key == "few_labels" else "linear probes"
-    text = (f"Layers where a pretrained cell beats random init by more than one standard deviation ({what}): "
-            + "; ".join(parts) + ".") if parts else ""
+    what = ("by more than one standard deviation (few-label probes)" if key == "few_labels"
+            else "(linear probes, one run each: any higher score)")
+    text = (f"Layers where a pretrained cell beats random init {what}: " + "; ".join(parts) + ".") if parts else ""
     level = []
     for method in {r["method"] for r in rows.values()} - {"random", "supervised"}:
         whole = next((r for r in rows.values() if r["method"] == method and r["source"] == "all"), None)

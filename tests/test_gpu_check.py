@@ -37,7 +37,7 @@ def test_tiny_rehearsal_runs_every_step_and_writes_one_results_file(tmp_path):
     assert "## SimCLR recipe" in text and "1 epochs in" in text
     assert re.search(r"\| 1 \| \d+\.\d\d \|", text)  # the kNN after the (one) epoch
     meta = json.loads(md.with_suffix(".json").read_text())["meta"]
-    assert meta["partial"] is False
+    assert meta["partial"] is False and "**Partial**" not in text
     assert (tmp_path / "runs" / "simclr_cifar10" / "checkpoint.pt").is_file()
     assert f"results: {md}" in out
 

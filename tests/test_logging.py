@@ -7,7 +7,9 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -251,3 +253,64 @@ def test_step_rows_survive_a_resume(tmp_path):
 
     assert untimed(tmp_path / "split") == untimed(tmp_path / "straight")
     assert sum("step" in r for r in untimed(tmp_path / "split")) == 8
+
+
+def _refuse(**kwargs):
+    raise RuntimeError("No API key configured. Use `wandb login` to log in.\nmore detail")
+
+
+def test_a_wandb_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setattr(wandb, "init", _refuse)
+    out = tmp_path / "run"
+    with pytest.raises(SelfSupError) as caught:
+        fit(None, None, _cfg(epochs=1, logger=["tensorboard", "wandb"]), out, progress=False)
+    assert str(caught.value) == ("W&B could not start a run (No API key configured. Use `wandb login` to log in.); "
+                                 "log in with `wandb login`, set WANDB_MODE=offline, or drop wandb from logger")
+    assert not out.exists()  # no config, no TensorBoard file, no W&B folder: the same command can simply run again
+    monkeypatch.undo()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    fit(None, None, _cfg(epochs=1, logger=["tensorboard", "wandb"]), out, progress=False)
+    assert (out / "checkpoint.pt").is_file() and (out / "wandb-id.txt").is_file()
+
+
+def _loggers_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    import wandb
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    wandb.init = _refuse
+    try:
+        torch.set_num_threads(1)
+        fit(None, None, _cfg(epochs=1, device="cpu", logger=["wandb"]), Path(out_dir) / "run", progress=False)
+        message = "trained"
+    except SelfSupError as e:
+        message = str(e)
+    finally:
+        dist.destroy_process_group()
+    (Path(out_dir) / f"rank{rank}.txt").write_text(message)
+
+
+def test_under_torchrun_every_rank_stops_when_rank_0_cannot_open_its_loggers(tmp_path):
+    pytest.importorskip("wandb")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_loggers_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "rank0.txt").read_text().startswith("W&B could not start a run (No API key configured.")
+    assert (tmp_path / "rank1.txt").read_text() == "rank 0 could not open the run's loggers (its error says why)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_clustering_picture_leaves_out_unlabelled_samples():
+    from selfsup.report import cluster_picture
+
+    images = np.zeros((6, 4, 4, 3), np.uint8)
+    images[:, :, :, 0] = np.arange(6)[:, None, None] * 40
+    grid = cluster_picture(images, torch.eye(6), torch.tensor([1, -1, 1, 0, -1, 0]), per_cluster=3, scale=1)
+    assert grid.shape == (2 * 4, 3 * 4, 3)  # two clusters (0 and 1), no row for -1
+    # Images 2, 3 and 5 (image 0 is black, as the empty places are); never 1 or 4 (40 and 160).
+    assert sorted({int(v) for v in grid[:, :, 0].flatten()} - {0}) == [80, 120, 200]
+    empty = cluster_picture(images, torch.eye(6), torch.full((6,), -1), scale=1)
+    assert empty.shape == (4, 4, 3) and not empty.any()

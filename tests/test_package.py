@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 
 import selfsup
 
@@ -51,6 +50,7 @@ def test_wheel_installs_into_a_clean_virtualenv_and_runs(dist, tmp_path):
 
 def test_wheel_metadata_matches_pyproject(dist):
     [wheel] = dist.glob("selfsup-*.whl")
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     with zipfile.ZipFile(wheel) as z:
         meta = z.read(f"selfsup-{selfsup.__version__}.dist-info/METADATA").decode()

@@ -137,7 +137,8 @@ def bench(methods: list[str], device: str = "auto", out: str | Path = "benchmark
         results.append({"item": item, "result": _in_fresh_process(item)})
         # Each result is printed and both files rewritten as it comes: a bench stopped by a time limit (a GPU lent
         # for minutes) still leaves every number it measured.
-        json_path.write_text(json.dumps({"meta": {**meta, "partial": i < len(items)}, "results": results}, indent=1))
+        meta.update(partial=i < len(items), items=len(items))
+        json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
         write_report(results, meta, md_path)
         if progress:
             print(f"{stamp()} bench [{i}/{len(items)}] {summary(item, results[-1]['result'])}", flush=True)

@@ -27,6 +27,9 @@ def write_report(results: list[dict], meta: dict, md_path: Path) -> None:
              f"{s['steps']} timed steps, source {s['source']}. An epoch is 50,000 images (CIFAR-10's training set). "
              "Peak memory: the most allocated on the GPU, or the process's peak resident set on the CPU "
              "(torch itself included); the DataLoader's workers are other processes and not counted.", ""]
+    if meta.get("partial"):
+        lines += [f"**Partial**: {len(results)} of {meta['items']} items measured so far (this file is rewritten after "
+                  "each item; a bench stopped early leaves what it had).", ""]
     errors = [r for r in results if "error" in r["result"]]
     by = {(r["item"].get("method"), r["item"].get("mode")): r["result"]
           for r in results if r["item"]["kind"] == "throughput"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -87,20 +88,23 @@ class Wandb:
     def __init__(self, out: Path, settings, config: dict, resume: bool):
         import wandb
 
-        id_file = out / WANDB_ID
-        run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
-        if run_id is None:
-            run_id = secrets.token_hex(4)  # W&B ids are short [a-z0-9] strings
-            id_file.write_text(run_id + "\n")
-        (out / "wandb").mkdir(exist_ok=True)
+        id_file, folder = out / WANDB_ID, out / "wandb"
+        known = id_file.read_text().strip() if resume and id_file.is_file() else None
+        run_id = known or secrets.token_hex(4)  # W&B ids are short [a-z0-9] strings
+        made = not folder.exists()
+        folder.mkdir(exist_ok=True)
         try:
             self.run = wandb.init(project=settings.project, entity=settings.entity, name=settings.name or out.name,
                                   tags=list(settings.tags) or None, dir=str(out), id=run_id, resume="allow",
                                   config=config)
         except Exception as e:  # noqa: BLE001 - W&B raises its own kinds (no login, no network, bad entity)
+            if made:  # nothing of a run that never started stays behind (a retry then starts clean)
+                shutil.rmtree(folder, ignore_errors=True)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise SelfSupError(f"W&B could not start a run ({first}); log in with `wandb login`, set "
                                "WANDB_MODE=offline, or drop wandb from logger") from None
+        if known is None:
+            id_file.write_text(run_id + "\n")
         # W&B's own step must only grow, and train/* (per step) and epoch/* (per epoch) count differently: each
         # family gets its own x-axis.
         self.run.define_metric("train/step")
@@ -121,7 +125,7 @@ class Wandb:
         self.run.summary[tag] = text
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        self.run.log({tag: self.wandb.Image(image), "epoch": step})
+        self.run.log({tag: self.wandb.Image(image), "train/step" if tag.startswith("train/") else "epoch": step})
 
     def flush(self) -> None:
         pass
@@ -173,16 +177,23 @@ class Loggers:
 
 def open_loggers(names, out: Path, config: dict, wandb_settings=None, resume: bool = False) -> Loggers:
     """The loggers of run directory `out`: `names` from tensorboard and wandb."""
-    loggers = []
-    for name in check_loggers(names):
-        loggers.append(TensorBoard(out / "tb") if name == "tensorboard" else Wandb(out, wandb_settings, config, resume))
-    return Loggers(loggers)
+    loggers = Loggers([])
+    try:
+        # W&B first: it is the one that may refuse to start, and then no TensorBoard file is left behind either.
+        for name in sorted(check_loggers(names), key=lambda n: n != "wandb"):
+            loggers.loggers.append(TensorBoard(out / "tb") if name == "tensorboard"
+                                   else Wandb(out, wandb_settings, config, resume))
+    except BaseException:
+        loggers.close()  # those opened before the one that failed
+        raise
+    return loggers
 
 
 def log_eval_result(run: Path, cfg, protocol: str, result: dict, epoch: int, random_init: bool = False) -> None:
-    """An evaluation's numbers into run directory `run`'s loggers (TensorBoard's eval/<protocol>/... at the epoch of
-    the checkpoint measured, the W&B run), and the whole result as text; a logger that fails costs a warning,
-    never the result (the caller keeps it elsewhere too)."""
+    """An evaluation's numbers into run directory `run`'s TensorBoard (eval/<protocol>/... at the epoch of the
+    checkpoint measured), and the whole result as text; a logger that fails costs a warning, never the result (the
+    caller keeps it elsewhere too). Not into W&B: an evaluation may run beside the training that holds the run's
+    W&B run open, and two writers of one W&B run clobber each other."""
     from selfsup.errors import warn
 
     prefix = f"eval{'_random_init' if random_init else ''}/{protocol}"
@@ -194,7 +205,7 @@ def log_eval_result(run: Path, cfg, protocol: str, result: dict, epoch: int, ran
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             values[f"{prefix}/{key}"] = value
     try:
-        logs = open_loggers(cfg.logger, Path(run), {}, cfg.wandb, resume=True)
+        logs = open_loggers([n for n in cfg.logger if n == "tensorboard"], Path(run), {}, cfg.wandb, resume=True)
         try:
             for tag, value in values.items():
                 logs.scalar(tag, value, epoch)
@@ -202,7 +213,8 @@ def log_eval_result(run: Path, cfg, protocol: str, result: dict, epoch: int, ran
         finally:
             logs.close()
     except Exception as e:  # noqa: BLE001 - logging is a copy of a result kept elsewhere
-        warn(f"cannot log the {protocol} result to the loggers of {run} ({type(e).__name__}: {str(e)[:200]})")
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        warn(f"cannot log the {protocol} result to the loggers of {run} ({type(e).__name__}: {first})")
 
 
 __all__ = ["log_eval_result", "Loggers", "TensorBoard", "Wandb", "open_loggers", "check_loggers", "LOGGERS", "WANDB_ID"]

@@ -329,13 +329,26 @@ def start_logs(run: Run, method: Method, data: TrainData) -> None:
              f"image{'s' if len(images) != 1 else ''} of "
              f"{size} ({cfg.data.source}), {data.per_epoch:,} samples per epoch in {data.steps_per_epoch} steps of "
              f"{cfg.batch_size}, {cfg.epochs} epochs")
+    # The loggers first (W&B may refuse to start: then nothing of this run is written), rank 0 only; under torchrun
+    # every rank learns whether they opened, so all stop together.
+    error = None
+    if run.writes:
+        try:
+            run.logs = open_loggers(cfg.logger, run.out, config_to_dict(cfg), cfg.wandb, run.resume)
+        except SelfSupError as e:
+            error = e
+    if info.enabled and run.out is not None:
+        flag = torch.tensor(float(error is not None), device=run.device)
+        dist.broadcast(flag, 0)
+        if flag.item() and error is None:
+            raise SelfSupError("rank 0 could not open the run's loggers (its error says why)")
+    if error is not None:
+        raise error
     if not run.writes:
         return
     if not run.resume:
         save_config(cfg, run.out / CONFIG)
         run.config_saved = True
-    run.logs = open_loggers(cfg.logger, run.out, config_to_dict(cfg), cfg.wandb, run.resume)
-    if not run.resume:
         run.logs.config(config_to_dict(cfg))
         views = _views_grid(method, data, cfg)
         if views is not None:
@@ -507,8 +520,19 @@ def end_of_epoch(method: Method, optimizer: torch.optim.Optimizer, run: Run, met
 
 
 def finish(method: Method, run: Run, data: TrainData) -> None:
-    """The run's pictures: what the method learnt to do (samples.png, on its first few training images) and its
-    curves (curves.png: loss, learning rate and kNN against epochs)."""
+    """The run's pictures: what the method learnt to do (samples.png, on its first few training images), how it
+    groups them (clusters.png) and its curves (curves.png: loss, learning rate and kNN against epochs). A picture
+    that fails costs a warning: the trained run is saved by then."""
+    try:
+        _pictures(method, run, data)
+    except (SelfSupError, RuntimeError, ValueError, OSError) as e:
+        warn(f"the run finished and its checkpoint is saved, but its end-of-run pictures failed "
+             f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]})")
+    if run.logs:
+        run.logs.close()
+
+
+def _pictures(method: Method, run: Run, data: TrainData) -> None:
     if run.writes:
         gen = torch.Generator(device=run.device).manual_seed(run.cfg.seed)
         shown = synthesize(data.images, run.cfg.data.single_image, gen, 8) if data.synthesize else data.images[:8]
@@ -528,8 +552,6 @@ def finish(method: Method, run: Run, data: TrainData) -> None:
             from selfsup.report import plot_runs
 
             plot_runs([run.out], run.out / CURVES)
-    if run.logs:
-        run.logs.close()
 
 
 # ------------------------------------------------------------------------------------------------------- fit
