@@ -67,7 +67,7 @@ class ModelConfig:
     cifar_stem: bool = True
     input_size: int = 32
     bn: bool = True
-    dropout: float = 0.0  # on the fully connected layer of the Exemplar-CNN nets
+    dropout: float = 0.0  # before the fully connected layers of the Exemplar-CNN nets and alexnet_imagenet
     width: float = 1.0  # channel multiplier of alexnet_small (0.5: a quarter of the compute, for CPU studies)
     patch_size: int | None = None  # Vision Transformers: None is 16 from 128 px up, 8 from 64 px, else 4
 

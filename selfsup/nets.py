@@ -190,6 +190,54 @@ class AlexNetSmall(StagedBackbone):
         super().__init__(stages, nn.Sequential(pool(), nn.AdaptiveAvgPool2d(1), nn.Flatten()), c5)
 
 
+def _alexnet_grid(input_size: int) -> int:
+    """Side of the ImageNet AlexNet's conv5 map after its last 3x3/2 max-pool (6 at 224 px), 0 when too small."""
+    side = (input_size + 2 * 2 - 11) // 4 + 1  # conv1: 11x11, stride 4, padding 2
+    for _ in range(3):  # the max-pools after conv1, conv2 and conv5 (3x3, stride 2, no padding)
+        side = (side - 3) // 2 + 1 if side >= 3 else 0
+    return side
+
+
+class AlexNet(StagedBackbone):
+    """The ImageNet-size AlexNet of DeepCluster and SeLa (and so of the linear-probes protocol): conv1 96x11x11 stride
+    4, 3x3/2 max-pools after conv1, conv2 and conv5, conv2..conv5 of 256-384-384-256 (5x5, then 3x3), each with
+    batch norm and ReLU; then fc6 and fc7, each dropout, a 4,096-wide linear layer and ReLU. Taps conv1..conv5, fc6,
+    fc7; the representation is fc7. At 224 px conv5 is 13x13 and fc6 reads 256 x 6 x 6 = 9,216 numbers.
+
+    As the authors' code: convolutions He-normal over fan-out, linear layers N(0, 0.01), biases zero. Dropout is
+    `model.dropout` (their 0.5 is a recipe's choice; the default 0 keeps every run's other defaults). Differences:
+    a convolution followed by batch norm has no bias (theirs keeps one, which batch norm cancels).
+    """
+
+    def __init__(self, input_size: int = 224, bn: bool = True, dropout: float = 0.0):
+        side = _alexnet_grid(input_size)
+        if side < 1:
+            raise SelfSupError(f"alexnet_imagenet needs model.input_size of at least 63 px (conv1 strides by 4, then "
+                               f"three 3x3/2 max-pools), got {input_size}; use alexnet_small for small images")
+        pool = lambda: nn.MaxPool2d(3, 2)  # noqa: E731
+        drop = lambda: [nn.Dropout(dropout)] if dropout else []  # noqa: E731 - one module per layer
+        conv1 = [nn.Conv2d(3, 96, 11, stride=4, padding=2, bias=not bn), *([nn.BatchNorm2d(96)] if bn else []),
+                 nn.ReLU(inplace=True)]
+        stages = {
+            "conv1": nn.Sequential(*conv1),
+            "conv2": nn.Sequential(pool(), *_conv_bn(96, 256, 5, bn)),
+            "conv3": nn.Sequential(pool(), *_conv_bn(256, 384, 3, bn)),
+            "conv4": nn.Sequential(*_conv_bn(384, 384, 3, bn)),
+            "conv5": nn.Sequential(*_conv_bn(384, 256, 3, bn)),
+            "fc6": nn.Sequential(pool(), nn.Flatten(), *drop(), nn.Linear(256 * side * side, 4096),
+                                 nn.ReLU(inplace=True)),
+            "fc7": nn.Sequential(*drop(), nn.Linear(4096, 4096), nn.ReLU(inplace=True)),
+        }
+        super().__init__(stages, nn.Identity(), 4096)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")  # std sqrt(2 / (k*k*out))
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class ExemplarNet(StagedBackbone):
     """The Exemplar-CNN nets (Dosovitskiy et al. 2014): 5x5 convs, 2x2 max-pool after the first two, one FC layer.
 
@@ -338,7 +386,7 @@ EXEMPLAR_NETS = {
 }
 ALIASES = {"64c5-64c5-128f": "exemplar_small", "64c5-128c5-256c5-512f": "exemplar_medium",
            "92c5-256c5-512c5-1024f": "exemplar_large", "alexnet": "alexnet_small"}
-BACKBONES = ("resnet18", "resnet50", "alexnet_small", "nin", *EXEMPLAR_NETS, *VITS)
+BACKBONES = ("resnet18", "resnet50", "alexnet_small", "alexnet_imagenet", "nin", *EXEMPLAR_NETS, *VITS)
 
 
 def check_backbone(name: str) -> None:
@@ -350,8 +398,8 @@ def check_backbone(name: str) -> None:
 
 def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0,
                    width: float = 1.0, patch_size: int | None = None) -> Backbone:
-    """Build a backbone by name: resnet18, resnet50, alexnet_small, nin, exemplar_small/medium/large (or 64c5-...),
-    vit_tiny/small/base.
+    """Build a backbone by name: resnet18, resnet50, alexnet_small, alexnet_imagenet, nin, exemplar_small/medium/large
+    (or 64c5-...), vit_tiny/small/base.
 
     `width` (a channel multiplier) applies to alexnet_small only, `patch_size` to the ViTs only (None: see
     vit_patch_size; the model_config records the size used, so a rule change never changes a saved run's net).
@@ -371,6 +419,8 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
         net: Backbone = ResNet(int(key[6:]), cifar_stem)
     elif key == "alexnet_small":
         net = AlexNetSmall(bn, width)
+    elif key == "alexnet_imagenet":
+        net = AlexNet(input_size, bn, dropout)
     elif key == "nin":
         net = NIN(4, bn)
     elif key in VITS:
@@ -499,6 +549,7 @@ def model_config_of(backbone: Backbone) -> ModelConfig:
     return ModelConfig(backbone=CUSTOM)
 
 
-__all__ = ["Backbone", "StagedBackbone", "ResNet", "AlexNetSmall", "ExemplarNet", "NIN", "Wrapped", "build_backbone",
-           "backbone_from", "wrap", "as_backbone", "eval_mode", "torchvision_resnet", "timm_resnet", "BACKBONES",
-           "model_config_of", "CUSTOM", "check_backbone", "ViT", "VITS", "vit_patch_size", "torchvision_vit"]
+__all__ = ["Backbone", "StagedBackbone", "ResNet", "AlexNetSmall", "AlexNet", "ExemplarNet", "NIN", "Wrapped",
+           "build_backbone", "backbone_from", "wrap", "as_backbone", "eval_mode", "torchvision_resnet", "timm_resnet",
+           "BACKBONES", "model_config_of", "CUSTOM", "check_backbone", "ViT", "VITS", "vit_patch_size",
+           "torchvision_vit"]

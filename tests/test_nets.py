@@ -77,3 +77,42 @@ def test_unknown_backbone_and_tap():
         build_backbone("vgg99")
     with pytest.raises(SelfSupError, match="unknown layer"):
         build_backbone("alexnet_small").forward_taps(torch.randn(1, 3, 32, 32), ["conv9"])
+
+
+def test_imagenet_alexnet_is_deepcluster_and_selas_net():
+    """conv1 96x11x11 stride 4 (55x55 at 224 px), 3x3/2 pools after conv1, conv2 and conv5, fc6 reading 256x6x6 =
+    9,216 numbers, fc6 and fc7 of 4,096; the representation is fc7."""
+    net = build_backbone("alexnet_imagenet", input_size=224).eval()
+    assert net.taps == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"] and net.feature_dim == 4096
+    assert {k: tuple(v) for k, v in net.tap_shapes(224).items()} == {
+        "conv1": (96, 55, 55), "conv2": (256, 27, 27), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
+        "conv5": (256, 13, 13), "fc6": (4096,), "fc7": (4096,)}
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (96, (11, 11), (4, 4), (2, 2)), (256, (5, 5), (1, 1), (2, 2)), (384, (3, 3), (1, 1), (1, 1)),
+        (384, (3, 3), (1, 1), (1, 1)), (256, (3, 3), (1, 1), (1, 1))]
+    fcs = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(9216, 4096), (4096, 4096)]
+    x = torch.randn(2, 3, 224, 224)
+    taps = net.forward_taps(x, ["conv5", "fc7"])
+    torch.testing.assert_close(net(x), taps["fc7"])
+    # fc6 reads conv5 max-pooled 3x3/2 to 6x6 and flattened.
+    fc6 = torch.relu(fcs[0](F.max_pool2d(taps["conv5"], 3, 2).flatten(1)))
+    torch.testing.assert_close(net.forward_taps(x, ["fc6"])["fc6"], fc6)
+
+
+def test_imagenet_alexnet_initialisation_and_sizes():
+    torch.manual_seed(0)
+    net = build_backbone("alexnet_imagenet", input_size=224)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:  # He-normal over fan-out, as the authors' code: std sqrt(2 / (k * k * out))
+        k, out = conv.kernel_size[0], conv.out_channels
+        assert conv.weight.std().item() == pytest.approx((2 / (k * k * out)) ** 0.5, rel=0.05)
+    for fc in [m for m in net.modules() if isinstance(m, torch.nn.Linear)]:
+        assert fc.weight.std().item() == pytest.approx(0.01, rel=0.02) and not fc.bias.any()
+    assert not any(isinstance(m, torch.nn.Dropout) for m in net.modules())
+    dropped = build_backbone("alexnet_imagenet", input_size=64, dropout=0.5)
+    assert [m.p for m in dropped.modules() if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]  # before fc6 and fc7
+    assert dropped.tap_shapes(64)["conv5"] == (256, 3, 3)  # any size from 63 px: fc6 then reads 256 x 1 x 1
+    with pytest.raises(SelfSupError, match="alexnet_imagenet needs model.input_size of at least 63 px"):
+        build_backbone("alexnet_imagenet", input_size=32)

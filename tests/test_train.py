@@ -125,3 +125,21 @@ def test_nesterov_option_and_the_rotnet_recipe():
     cfg.optim.momentum = 0.0
     with pytest.raises(SelfSupError, match="nesterov needs"):
         build_optimizer(net, cfg.optim)
+
+
+def test_imagenet_alexnet_pretrains_and_exports(tmp_path):
+    """The ImageNet-size AlexNet through the whole loop at 64 px (its smallest sizes), and out as safetensors."""
+    from safetensors.torch import load_file
+
+    from selfsup.engine import fit
+    from selfsup.export import export_backbone
+
+    cfg = load_config(overrides={"method": "simclr", "epochs": 1, "batch_size": 32, "optim": {"warmup_epochs": 0},
+                                 "data": {"source": "digits", "num_images": 64}, "augment": {"size": 64},
+                                 "model": {"backbone": "alexnet_imagenet", "input_size": 64, "dropout": 0.5},
+                                 "eval": {"source": "digits"}})
+    fit(None, None, cfg, tmp_path / "run", progress=False)
+    method = load_run(tmp_path / "run")
+    assert method.backbone.feature_dim == 4096 and method.run_config.model.dropout == 0.5
+    saved = load_file(export_backbone(tmp_path / "run")["exported"])
+    assert saved.keys() == method.backbone.state_dict().keys()
