@@ -70,6 +70,7 @@ class ModelConfig:
     dropout: float = 0.0  # before the fully connected layers of the Exemplar-CNN nets and alexnet_imagenet
     width: float = 1.0  # channel multiplier of alexnet_small (0.5: a quarter of the compute, for CPU studies)
     patch_size: int | None = None  # Vision Transformers: None is 16 from 128 px up, 8 from 64 px, else 4
+    sobel: bool = False  # the AlexNets: grayscale + Sobel derivatives in front of conv1 (DeepCluster's input)
 
 
 @dataclass

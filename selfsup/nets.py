@@ -167,6 +167,21 @@ def timm_resnet(depth: int = 18, cifar_stem: bool = False) -> nn.Module:
     return _cifar_stem(timm.create_model(f"resnet{depth}", pretrained=False, num_classes=0), cifar_stem)
 
 
+class Sobel(nn.Module):
+    """DeepCluster's fixed input filter: grayscale (the mean of the three channels), then the horizontal and vertical
+    Sobel derivatives (3x3, zero padding 1): two channels, with colour gone (so that clustering cannot group images
+    by colour alone). Both steps are linear, so they are one 3-to-2-channel convolution; its weights are a buffer, not
+    a parameter: never trained, never decayed."""
+
+    def __init__(self):
+        super().__init__()
+        gx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        self.register_buffer("filters", torch.stack([gx, gx.T])[:, None].expand(2, 3, 3, 3) / 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.filters.to(x.dtype), padding=1)
+
+
 class AlexNetSmall(StagedBackbone):
     """AlexNet with batch-norm for small images (conv1..conv5), as SeLa and the single-image paper use on CIFAR.
 
@@ -175,13 +190,13 @@ class AlexNetSmall(StagedBackbone):
     `width` scales every layer's channels (0.5 costs about a quarter of the compute: CPU-sized studies).
     """
 
-    def __init__(self, bn: bool = True, width: float = 1.0):
+    def __init__(self, bn: bool = True, width: float = 1.0, sobel: bool = False):
         if width <= 0:
             raise SelfSupError(f"model.width must be positive, got {width}")
         c1, c2, c3, c4, c5 = (max(8, round(c * width)) for c in (96, 256, 384, 384, 256))
         pool = lambda: nn.MaxPool2d(3, 2, 1)  # noqa: E731
         stages = {
-            "conv1": nn.Sequential(*_conv_bn(3, c1, 5, bn)),
+            "conv1": nn.Sequential(*([Sobel()] if sobel else []), *_conv_bn(2 if sobel else 3, c1, 5, bn)),
             "conv2": nn.Sequential(pool(), *_conv_bn(c1, c2, 5, bn)),
             "conv3": nn.Sequential(pool(), *_conv_bn(c2, c3, 3, bn)),
             "conv4": nn.Sequential(*_conv_bn(c3, c4, 3, bn)),
@@ -209,15 +224,15 @@ class AlexNet(StagedBackbone):
     a convolution followed by batch norm has no bias (theirs keeps one, which batch norm cancels).
     """
 
-    def __init__(self, input_size: int = 224, bn: bool = True, dropout: float = 0.0):
+    def __init__(self, input_size: int = 224, bn: bool = True, dropout: float = 0.0, sobel: bool = False):
         side = _alexnet_grid(input_size)
         if side < 1:
             raise SelfSupError(f"alexnet_imagenet needs model.input_size of at least 63 px (conv1 strides by 4, then "
                                f"three 3x3/2 max-pools), got {input_size}; use alexnet_small for small images")
         pool = lambda: nn.MaxPool2d(3, 2)  # noqa: E731
         drop = lambda: [nn.Dropout(dropout)] if dropout else []  # noqa: E731 - one module per layer
-        conv1 = [nn.Conv2d(3, 96, 11, stride=4, padding=2, bias=not bn), *([nn.BatchNorm2d(96)] if bn else []),
-                 nn.ReLU(inplace=True)]
+        conv1 = [*([Sobel()] if sobel else []), nn.Conv2d(2 if sobel else 3, 96, 11, stride=4, padding=2, bias=not bn),
+                 *([nn.BatchNorm2d(96)] if bn else []), nn.ReLU(inplace=True)]
         stages = {
             "conv1": nn.Sequential(*conv1),
             "conv2": nn.Sequential(pool(), *_conv_bn(96, 256, 5, bn)),
@@ -397,7 +412,7 @@ def check_backbone(name: str) -> None:
 
 
 def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0,
-                   width: float = 1.0, patch_size: int | None = None) -> Backbone:
+                   width: float = 1.0, patch_size: int | None = None, sobel: bool = False) -> Backbone:
     """Build a backbone by name: resnet18, resnet50, alexnet_small, alexnet_imagenet, nin, exemplar_small/medium/large
     (or 64c5-...), vit_tiny/small/base.
 
@@ -413,14 +428,16 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
     key = ALIASES.get(name, name)
     if width != 1.0 and key != "alexnet_small":
         raise SelfSupError(f"model.width applies to alexnet_small only, not {name!r}")
+    if sobel and key not in ("alexnet_small", "alexnet_imagenet"):
+        raise SelfSupError(f"model.sobel applies to alexnet_small and alexnet_imagenet only, not {name!r}")
     if patch_size is not None and key not in VITS:
         raise SelfSupError(f"model.patch_size applies to {', '.join(VITS)} only, not {name!r}")
     if key in ("resnet18", "resnet50"):
         net: Backbone = ResNet(int(key[6:]), cifar_stem)
     elif key == "alexnet_small":
-        net = AlexNetSmall(bn, width)
+        net = AlexNetSmall(bn, width, sobel)
     elif key == "alexnet_imagenet":
-        net = AlexNet(input_size, bn, dropout)
+        net = AlexNet(input_size, bn, dropout, sobel)
     elif key == "nin":
         net = NIN(4, bn)
     elif key in VITS:
@@ -429,7 +446,7 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
     else:
         widths, fc = EXEMPLAR_NETS[key]
         net = ExemplarNet(widths, fc, input_size, bn, dropout)
-    net.model_config = ModelConfig(name, cifar_stem, input_size, bn, dropout, width, patch_size)
+    net.model_config = ModelConfig(name, cifar_stem, input_size, bn, dropout, width, patch_size, sobel)
     return net
 
 
@@ -439,7 +456,7 @@ def backbone_from(model: ModelConfig) -> Backbone:
         raise SelfSupError("this run's backbone was a module given to selfsup.fit, which a config cannot rebuild; "
                            "build it again and pass it: selfsup.load_run(RUN, method=...)")
     return build_backbone(model.backbone, model.cifar_stem, model.input_size, model.bn, model.dropout, model.width,
-                          model.patch_size)
+                          model.patch_size, model.sobel)
 
 
 CUSTOM = "custom"  # model.backbone of a run whose backbone was a wrapped module
@@ -549,7 +566,7 @@ def model_config_of(backbone: Backbone) -> ModelConfig:
     return ModelConfig(backbone=CUSTOM)
 
 
-__all__ = ["Backbone", "StagedBackbone", "ResNet", "AlexNetSmall", "AlexNet", "ExemplarNet", "NIN", "Wrapped",
+__all__ = ["Backbone", "StagedBackbone", "ResNet", "AlexNetSmall", "AlexNet", "Sobel", "ExemplarNet", "NIN", "Wrapped",
            "build_backbone", "backbone_from", "wrap", "as_backbone", "eval_mode", "torchvision_resnet", "timm_resnet",
            "BACKBONES", "model_config_of", "CUSTOM", "check_backbone", "ViT", "VITS", "vit_patch_size",
            "torchvision_vit"]

@@ -116,3 +116,42 @@ def test_imagenet_alexnet_initialisation_and_sizes():
     assert dropped.tap_shapes(64)["conv5"] == (256, 3, 3)  # any size from 63 px: fc6 then reads 256 x 1 x 1
     with pytest.raises(SelfSupError, match="alexnet_imagenet needs model.input_size of at least 63 px"):
         build_backbone("alexnet_imagenet", input_size=32)
+
+
+@pytest.mark.parametrize("name,size", [("alexnet_small", 32), ("alexnet_imagenet", 64)])
+def test_sobel_input_sees_no_colour_and_is_never_trained(name, size):
+    """model.sobel: grayscale (the channels' mean) then the two Sobel derivatives, before conv1 (DeepCluster)."""
+    from selfsup.nets import Sobel
+
+    torch.manual_seed(0)
+    net = build_backbone(name, input_size=size, sobel=True).eval()
+    x = torch.rand(2, 3, size, size)
+    # The same grey level under any shuffle of the colour channels: conv1 cannot tell them apart.
+    torch.testing.assert_close(net.forward_taps(x, ["conv1"])["conv1"],
+                               net.forward_taps(x[:, [2, 0, 1]], ["conv1"])["conv1"])
+    assert not torch.allclose(net.forward_taps(x, ["conv1"])["conv1"],
+                              build_backbone(name, input_size=size).eval().forward_taps(x, ["conv1"])["conv1"])
+    sobel = next(m for m in net.modules() if isinstance(m, Sobel))
+    assert not list(sobel.parameters())  # a fixed filter: nothing for the optimizer
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 2
+    # A vertical step from 0 to 1 (grey 1 on the right): the horizontal derivative is -(1 + 2 + 1) on the two columns
+    # beside the step and 0 on flat ground; the vertical one is 0 away from the zero-padded top and bottom rows.
+    step = torch.zeros(1, 3, 8, 8)
+    step[..., 4:] = 1.0
+    gx, gy = Sobel()(step)[0]
+    assert torch.allclose(gx[1:-1, 3:5], torch.full((6, 2), -4.0))
+    assert torch.allclose(gx[1:-1, :2], torch.zeros(6, 2), atol=1e-6)
+    assert torch.allclose(gy[1:-1], torch.zeros(6, 8), atol=1e-6)
+    with pytest.raises(SelfSupError, match="model.sobel applies to alexnet_small and alexnet_imagenet only"):
+        build_backbone("resnet18", sobel=True)
+
+
+def test_sobel_is_part_of_the_model_config():
+    from selfsup.config import load_config
+    from selfsup.nets import Sobel, backbone_from, model_config_of
+
+    cfg = load_config(overrides={"model": {"backbone": "alexnet_small", "width": 0.25, "sobel": True}})
+    net = backbone_from(cfg.model)
+    assert model_config_of(net).sobel is True and any(isinstance(m, Sobel) for m in net.modules())
+    assert "stages.conv1.0.filters" in net.state_dict()  # saved with the weights, as fixed as they are
