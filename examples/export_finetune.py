@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import selfsup
-from selfsup.augmentation import normalize
+from selfsup.augmentation import to_input
 from selfsup.config import load_run_config
 from selfsup.data import subset
 from selfsup.nets import torchvision_resnet
@@ -70,8 +70,7 @@ def main(argv=None) -> dict:
     correct = 0
     with torch.no_grad():
         for start in range(0, len(test), 512):
-            x = torch.tensor(test.images[start:start + 512], device=device).permute(0, 3, 1, 2).float() / 255
-            x = normalize(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+            x = to_input(torch.tensor(test.images[start:start + 512], device=device), size)  # resized, normalised
             pred = model(x).argmax(1).cpu()
             correct += (pred == torch.from_numpy(test.labels[start:start + 512])).sum().item()
     result = {"exported": exported["exported"], "load_with": exported["load_with"],

@@ -1,4 +1,5 @@
-"""A few optimizer steps of a method on a fixed tiny batch, for the tests that check a loss falls."""
+"""Training steps for tests: a few optimizer steps on a fixed tiny batch (the tests that check a loss falls), and one
+step with every hook the loop calls."""
 
 import torch
 
@@ -16,3 +17,15 @@ def fit(method, images: torch.Tensor, steps: int, optimizer: torch.optim.Optimiz
         optimizer.step()
         history.append({k: v.detach() for k, v in out.items()})
     return history
+
+
+def hooked_step(method, batch: Batch, optimizer: torch.optim.Optimizer, step: int, total: int) -> dict:
+    """One training step as selfsup.fit takes it: forward, backward, on_before_step, the optimizer's step and
+    on_step_end (momentum teachers, frozen layers, clipping); returns the method's outputs."""
+    out = method(batch)
+    optimizer.zero_grad()
+    out["loss"].backward()
+    method.on_before_step(step, total)
+    optimizer.step()
+    method.on_step_end(step, total)
+    return out

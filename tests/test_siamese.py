@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from fitting import hooked_step
 from test_train import tiny_config
 
 from selfsup.engine.optim import build_optimizer
@@ -218,13 +219,8 @@ def _net(bn=True):
 
 def _train_step(method, step=0, total=10, seed=2):
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
-    out = method(Batch(_images(), torch.arange(8), torch.Generator().manual_seed(seed)))
-    opt.zero_grad()
-    out["loss"].backward()
-    method.on_before_step(step, total)
-    opt.step()
-    method.on_step_end(step, total)
-    return out
+    return hooked_step(method, Batch(_images(), torch.arange(8), torch.Generator().manual_seed(seed)), opt, step,
+                       total)
 
 
 @pytest.mark.parametrize("kind", ["byol", "mocov3", "moco"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from fitting import hooked_step
 from test_train import tiny_config
 
 from selfsup.augmentation import AugmentConfig, MultiCropConfig, augment_unit, multi_crop_configs
@@ -255,13 +256,8 @@ def _images(n=16, size=16):
 
 def _train_step(method, step, total=10):
     opt = torch.optim.SGD(method.parameters(), lr=0.5)
-    out = method(Batch(_images(), torch.arange(16), torch.Generator().manual_seed(step)))
-    opt.zero_grad()
-    out["loss"].backward()
-    method.on_before_step(step, total)
-    opt.step()
-    method.on_step_end(step, total)
-    return out
+    return hooked_step(method, Batch(_images(), torch.arange(16), torch.Generator().manual_seed(step)), opt, step,
+                       total)
 
 
 def _swav(**cfg):

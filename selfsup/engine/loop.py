@@ -358,16 +358,14 @@ def start_logs(run: Run, method: Method, data: TrainData) -> None:
 def _views_grid(method: Method, data: TrainData, cfg: Config, count: int = 8):
     """Eight training images (first row) and two draws of the method's augmentation of each (a picture to check
     the augmentation by eye), from a generator of its own so that the run's random stream is untouched."""
-    from selfsup.augmentation import augment_unit
+    from selfsup.augmentation import augment_unit, resize, to_float
     from selfsup.report import image_rows
 
     gen = torch.Generator(device=data.images.device).manual_seed(cfg.seed)
     shown = synthesize(data.images, cfg.data.single_image, gen, count) if data.synthesize else data.images[:count]
     if shown.dim() != 4 or shown.shape[-1] != 3:
         return None
-    size = method.aug.size
-    first = torch.nn.functional.interpolate(shown.permute(0, 3, 1, 2).float() / 255, size=(size, size),
-                                            mode="bilinear", antialias=True, align_corners=False)
+    first = resize(to_float(shown), method.aug.size)
     return image_rows([first, *[augment_unit(shown, method.aug, gen) for _ in range(2)]])
 
 
@@ -533,19 +531,17 @@ def finish(method: Method, run: Run, data: TrainData) -> None:
 
 
 def _pictures(method: Method, run: Run, data: TrainData) -> None:
+    from PIL import Image
+
     if run.writes:
         gen = torch.Generator(device=run.device).manual_seed(run.cfg.seed)
         shown = synthesize(data.images, run.cfg.data.single_image, gen, 8) if data.synthesize else data.images[:8]
         grid = method.sample_grid(shown, gen)
         if grid is not None:
-            from PIL import Image
-
             Image.fromarray(grid).save(run.out / "samples.png")
             run.logs.image("samples", grid, run.saved_epoch or 0)
         clusters = method.cluster_grid(data.images)
         if clusters is not None:
-            from PIL import Image
-
             Image.fromarray(clusters).save(run.out / CLUSTERS)
             run.logs.image("clusters", clusters, run.saved_epoch or 0)
         if run.history:
