@@ -39,6 +39,11 @@ def main(argv=None) -> dict:
     depth = int(cfg.model.backbone.removeprefix("resnet"))
     model = torchvision_resnet(depth, cifar_stem=cfg.model.cifar_stem)  # torchvision's ResNet, fc = identity
     model.load_state_dict(torch.load(exported["exported"], weights_only=True), strict=True)
+    model.eval()
+    with torch.no_grad():  # the stock model computes what selfsup's backbone computed: the export is faithful
+        probe = to_input(torch.rand(4, cfg.model.input_size, cfg.model.input_size, 3).mul(255).byte())
+        gap = (model(probe) - selfsup.load_run(args.run).eval_backbone(probe)).abs().max().item()
+    print(f"exported into torchvision's ResNet: features differ from selfsup's by at most {gap:.2e}")
 
     source, size = cfg.eval.source or cfg.data.source, cfg.model.input_size
     train, test = (selfsup.load_source(source, split, size=cfg.eval.size or cfg.data.size) for split in
@@ -73,7 +78,7 @@ def main(argv=None) -> dict:
             x = to_input(torch.tensor(test.images[start:start + 512], device=device), size)  # resized, normalised
             pred = model(x).argmax(1).cpu()
             correct += (pred == torch.from_numpy(test.labels[start:start + 512])).sum().item()
-    result = {"exported": exported["exported"], "load_with": exported["load_with"],
+    result = {"exported": exported["exported"], "load_with": exported["load_with"], "feature_difference": gap,
               "test_top1": round(100 * correct / len(test), 2)}
     print(json.dumps(result, indent=1))
     return result

@@ -74,7 +74,7 @@ def plot_runs(runs: list[Path], path: Path, labels: list[str] | None = None) -> 
     titles = (("loss", "training loss"), ("lr", "learning rate"), ("knn_top1", "kNN top-1 (%)"))
     for i, (run, label) in enumerate(zip(runs, labels)):
         if not run.is_dir():
-            raise SelfSupError(f"run directory {run} does not exist")
+            raise SelfSupError(f"run directory {run} {'is not a directory' if run.exists() else 'does not exist'}")
         rows = read_metrics(run)
         if not rows:
             raise SelfSupError(f"{run} has no epochs in metrics.jsonl yet; plot a run that finished an epoch")

@@ -76,3 +76,25 @@ def test_linear_probes_learn_separable_and_fail_on_noise():
                                epochs=20, batch_size=32)
     assert accs["good"] > 95, accs
     assert accs["noise"] < 50  # chance is 25%
+
+
+def test_few_label_probes_draw_balanced_subsets_and_measure_on_the_whole_test_split():
+    from selfsup.config import load_config
+    from selfsup.eval import TapFeatures, few_label_probes, few_label_subsets
+
+    labels = torch.arange(4).repeat_interleave(25)  # 4 classes of 25
+    subsets = few_label_subsets(labels, per_class=5, draws=3, seed=0)
+    assert [torch.bincount(labels[s], minlength=4).tolist() for s in subsets] == [[5, 5, 5, 5]] * 3
+    assert not torch.equal(subsets[0], subsets[1])  # seeded draws differ from each other ...
+    assert all(torch.equal(a, b) for a, b in zip(subsets, few_label_subsets(labels, 5, 3, seed=0)))  # ... and repeat
+    gen = torch.Generator().manual_seed(0)
+    signal = torch.nn.functional.one_hot(labels, 4).float() * 3 + torch.randn(100, 4, generator=gen)
+    noise = torch.randn(100, 4, generator=gen)
+    test_labels = torch.arange(4).repeat_interleave(50)
+    test = {"good": torch.nn.functional.one_hot(test_labels, 4).float() * 3 + torch.randn(200, 4, generator=gen),
+            "noise": torch.randn(200, 4, generator=gen)}
+    feats = TapFeatures({"good": signal, "noise": noise}, test, labels, test_labels, 4)
+    cfg = load_config(overrides={"eval": {"probe_lr": 0.05}})
+    result = few_label_probes(feats, cfg, torch.device("cpu"), per_class=5, draws=3)
+    assert result["good"][0] > 85 and result["noise"][0] < 45  # chance is 25%
+    assert result["good"][1] >= 0 and result["noise"][1] > 0  # a spread over the draws
