@@ -39,12 +39,22 @@ IN_MEMORY = "memory"  # data.source of a run given its images as an array (selfs
 class DataConfig:
     """What to train on."""
 
-    RANGES: ClassVar[dict[str, str]] = {"size": "[1, inf)", "samples_per_epoch": "[1, inf)", "num_images": "[1, inf)"}
+    RANGES: ClassVar[dict[str, str]] = {"size": "[1, inf)", "samples_per_epoch": "[1, inf)", "num_images": "[1, inf)",
+                                        "device_budget_gb": "[0, inf)", "workers": "[1, inf)"}
+    ALIASES: ClassVar[dict[str, str]] = {"cache_size": "size"}  # data.cache_size=S is data.size=S
 
     source: str = "folder:../shared/data/cifar10-jpeg.tar.gz"
     split: str = "train"
     root: str | None = None  # where official datasets live (default: the cache folder)
-    size: int | None = None  # resize (shorter side + centre crop) while decoding; None keeps the source size
+    # The decoded cache's resolution (also data.cache_size): the shorter side resized to S (bicubic), then the centre
+    # S x S kept, so the ends of the longer side are cropped away; None keeps the source size (all images must agree).
+    size: int | None = None
+    bad_images: str = "error"  # a file that cannot be decoded: error (naming it) | skip (listed beside the cache)
+    workers: int | None = None  # processes decoding a source into the cache (None: one per core)
+    # Training images are copied to the device when they fit this many GB (None: half of the free device memory, or
+    # a quarter of the available RAM on the CPU); larger splits are streamed from the cache in batches. 0: always
+    # stream.
+    device_budget_gb: float | None = None
     samples_per_epoch: int | None = None  # draw this many indices with replacement per epoch (e.g. one image)
     download: bool = False
     imbalance: str | None = None  # light | heavy: keep 100% of class 0 down to 50% / 10% of the last class
@@ -312,7 +322,9 @@ def _merge(obj, updates: dict, where: str = ""):
             import_modules(obj.imports)
         if "method" in updates:
             obj.method = _coerce(updates.pop("method"), hints["method"], "method")
+    aliases = getattr(type(obj), "ALIASES", {})
     for key, value in updates.items():
+        key = aliases.get(key, key)
         path = f"{where}{key}"
         if key not in names:
             if isinstance(obj, Config) and _is_method(key):
@@ -478,6 +490,8 @@ def check_config(cfg: Config) -> None:
     """Check every value of cfg against its section's RANGES (the common sections and each method section held):
     a one-line error naming the key, the value and what is allowed."""
     _check_section(cfg, "")
+    if cfg.data.bad_images not in ("error", "skip"):
+        raise SelfSupError(f"data.bad_images must be error or skip, got {cfg.data.bad_images!r}")
     for name, section in cfg.method_sections.items():
         _check_section(section, f"{name}.")
     from selfsup.nets import CUSTOM, check_backbone

@@ -3,6 +3,10 @@
 Each entry is verified on every load against its metadata (sizes, shape, checksums): a damaged entry is
 reported in one warning line and decoded again, never used silently. A cache folder that cannot be written
 is read when it holds a valid entry; otherwise the source is decoded without caching, with one warning.
+
+An entry `<name>-<key>` is <stem>.images.npy, <stem>.labels.npy (when labelled), <stem>.skipped.txt (when images
+were left out) and <stem>.json, written last: without it nothing else counts. A build in progress (build.py) keeps
+<stem>.images.npy.partial, <stem>.progress and <stem>.lock beside them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import json
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +24,7 @@ import numpy as np
 from selfsup.errors import warn
 
 # Part of every key: bump it when the cached layout or a decoder's output changes, so old entries simply miss.
-CACHE_VERSION = 3  # 3: a folder's class numbers are shared by its splits
+CACHE_VERSION = 4  # 3: a folder's class numbers are shared by its splits; 4: folders decode in build.py (JPEG draft)
 
 # The images checksum is a zlib.crc32 over the whole array up to this size, over a fixed spread of rows above it.
 # Measured on 50,000x32x32x3 uint8 (150 MB, CIFAR-10 train) memory-mapped from a page-cached .npy, on one AMD EPYC
@@ -69,6 +74,29 @@ class _Damaged(Exception):
 
 def _npy_paths(stem: Path) -> tuple[Path, Path, Path]:
     return Path(str(stem) + ".images.npy"), Path(str(stem) + ".labels.npy"), Path(str(stem) + ".json")
+
+
+@dataclass(frozen=True)
+class EntryFiles:
+    """The files of one entry, and of a build of it in progress."""
+
+    images: Path
+    labels: Path
+    meta: Path
+    skipped: Path
+    partial: Path
+    progress: Path
+    lock: Path
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.images, self.labels, self.meta, self.skipped, self.partial, self.progress, self.lock)
+
+
+def entry_files(stem: Path) -> EntryFiles:
+    """The paths of the entry `stem` (cache folder / name-key)."""
+    images, labels, meta = _npy_paths(stem)
+    return EntryFiles(images, labels, meta, Path(f"{stem}.skipped.txt"), Path(f"{images}.partial"),
+                      Path(f"{stem}.progress"), Path(f"{stem}.lock"))
 
 
 def _load_npy(path: Path, size: int, mmap: bool) -> np.ndarray:
@@ -133,7 +161,13 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+def _save_npy_atomic(path: Path, array: np.ndarray | Path) -> None:
+    """Put an .npy of an entry in place atomically: `array` written beside `path` then renamed over it, or a finished
+    .npy file (a build's temporary array) renamed over it. Every array of an entry lands through here."""
+    if isinstance(array, Path):
+        os.replace(array, path)
+        return
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file, not a name: np.save would append .npy to the temporary name
             np.save(f, array)
@@ -146,14 +180,39 @@ def _write(stem: Path, images: np.ndarray, labels: np.ndarray | None, classes: l
     images_path, labels_path, meta_path = _npy_paths(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     _save_npy_atomic(images_path, images)
+    _write_rest(images_path, labels_path, meta_path, images, labels, classes)
+
+
+def _write_rest(images_path: Path, labels_path: Path, meta_path: Path, images: np.ndarray,
+                labels: np.ndarray | None, classes: list[str], before_meta: Callable[[], None] = lambda: None) -> None:
+    """Given the images file in place: the labels, then the metadata with the checksums, atomically and last."""
     rows = _sample_rows(len(images), images[0].nbytes if len(images) else 0)
     meta = {"version": CACHE_VERSION, "has_labels": labels is not None, "classes": classes,
             "shape": list(images.shape), "dtype": "uint8", "images_bytes": images_path.stat().st_size,
             "images_rows": rows, "images_crc32": _images_crc(images, rows)}
     if labels is not None:
+        if len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
         _save_npy_atomic(labels_path, labels)
         meta.update(labels_bytes=labels_path.stat().st_size, labels_sha256=_labels_sha(labels))
+    before_meta()
     _write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
+
+
+def finish(files: EntryFiles, labels: np.ndarray | None, classes: list[str], skipped: list[str]) -> None:
+    """Turn a finished build (files.partial) into the entry: the images renamed into place, the labels, the list of
+    skipped images, and the metadata last. Its old metadata goes first, so no moment pairs it with new arrays."""
+    files.meta.unlink(missing_ok=True)
+    files.skipped.unlink(missing_ok=True)
+    _save_npy_atomic(files.images, files.partial)
+    images = np.load(files.images, mmap_mode="r")
+    labels = None if labels is None else np.ascontiguousarray(labels, dtype=np.int64)
+
+    def write_skipped() -> None:
+        if skipped:
+            _write_atomic(files.skipped, lambda tmp: tmp.write_text("\n".join(skipped) + "\n"))
+
+    _write_rest(files.images, files.labels, files.meta, images, labels, classes, write_skipped)
 
 
 def _pointer(root: Path, name: str, source: str) -> Path:
@@ -163,18 +222,44 @@ def _pointer(root: Path, name: str, source: str) -> Path:
 
 def _forget_stale(root: Path, name: str, source: str, key: str) -> None:
     """When `source` was cached under another key, say it changed and delete that entry (the cache would otherwise
-    keep one stale copy per edit of the folder)."""
+    keep one stale copy per edit of the folder), and what a build of it left."""
     try:
         old = _pointer(root, name, source).read_text().strip()
     except OSError:
         return
     if old and old != key:
         warn(f"{source} changed since it was decoded (files added, removed, moved or replaced); decoding it again")
-        for path in _npy_paths(root / f"{name}-{old}"):
+        for path in entry_files(root / f"{name}-{old}").all():
             try:
                 path.unlink(missing_ok=True)
             except OSError:
                 pass
+
+
+forget_stale = _forget_stale
+
+
+def remember(root: Path, name: str, source: str, key: str) -> None:
+    """Record that `source` is cached (or being built) under `key`, for forget_stale."""
+    _pointer(root, name, source).write_text(key)
+
+
+def warn_unwritable(root: Path, e: OSError) -> None:
+    """Say once per cache folder that it cannot be written (the source is decoded without caching)."""
+    if str(root) not in _warned_unwritable:
+        _warned_unwritable.add(str(root))
+        warn(f"cannot write the decode cache in {root} ({e.strerror or e}); decoding without caching — "
+             "set SELFSUP_CACHE to a writable folder")
+
+
+def lookup(name: str, key: str) -> tuple[np.ndarray, np.ndarray | None, list[str]] | None:
+    """The verified entry `name`-`key` (images memory-mapped); None when absent, or damaged (said in a warning)."""
+    root = cache_dir() / "arrays"
+    try:
+        return _load_verified(root / f"{name}-{key}")
+    except _Damaged as e:
+        warn(f"damaged decode cache in {root}: {e}; decoding {name} again")
+        return None
 
 
 def cached_arrays(
@@ -187,11 +272,7 @@ def cached_arrays(
     which is said in a warning, and its old entry is deleted."""
     root = cache_dir() / "arrays"
     stem = root / f"{name}-{key}"
-    try:
-        found = _load_verified(stem)
-    except _Damaged as e:
-        warn(f"damaged decode cache in {root}: {e}; decoding {name} again")
-        found = None
+    found = lookup(name, key)
     if found is not None:
         return found
     if source is not None:
@@ -204,10 +285,7 @@ def cached_arrays(
         if source is not None:
             _pointer(root, name, source).write_text(key)
     except OSError as e:
-        if str(root) not in _warned_unwritable:
-            _warned_unwritable.add(str(root))
-            warn(f"cannot write the decode cache in {root} ({e.strerror or e}); decoding without caching — "
-                 "set SELFSUP_CACHE to a writable folder")
+        warn_unwritable(root, e)
         return images, labels, classes
     try:
         # Hand back the memory map, so the decoded copy can be freed and every later run shares the same pages.

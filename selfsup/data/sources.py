@@ -1,33 +1,39 @@
-"""Image sources: official dataset formats, image folders (or tarballs of them), one image, sklearn digits.
+"""Image sources: official dataset formats, image folders (or tarballs of them), ImageNet, tar shards, one image,
+sklearn digits.
 
 Every source yields an ImageArray: uint8 images (N,H,W,3) and int64 labels when known. Decoding happens
 once; later runs memory-map the cached array (see cache.py). The official formats are read by our own
 small readers so that any file in the right format works (torchvision's readers insist on the official
-checksums); torchvision's downloader fetches the archives when the user passes --download.
+checksums); torchvision's downloader fetches the archives when the user passes --download. Image folders,
+ImageNet and shards are decoded in parallel, resumably, by build.py.
 """
 
 from __future__ import annotations
 
-import errno
-import io
+import operator
 import os
 import pickle
 import stat
-import tarfile
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from selfsup.data.build import DECODER, Plan, build_cached, decode_image, resize_center_crop
+from selfsup.data.build import to_rgb as _to_rgb  # noqa: F401 — tests and older callers import it from here
 from selfsup.data.cache import cache_dir, cache_key, cached_arrays
+from selfsup.data.files import IMAGE_EXTENSIONS, Fingerprint, list_tar, scan_folder, stat_given, unreadable
+from selfsup.data.files import file_stamps as _file_stamps
+from selfsup.data.imagenet import load_imagenet
+from selfsup.data.shards import load_shards
 from selfsup.errors import SelfSupError
-from selfsup.progress import Progress
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_ALIASES = {"val": "test", "valid": "test", "validation": "test"}
+BAD_IMAGES = ("error", "skip")
+PATH_KINDS = {"folder": "PATH", "image": "PATH", "imagenet": "ROOT", "shards": "PATTERN"}
+PATH_EXAMPLES = {"folder": "folder:/path/to/images", "image": "image:/path/to/photo.jpg",
+                 "imagenet": "imagenet:/path/to/ILSVRC2012", "shards": "shards:/path/to/train-{0000..0127}.tar"}
 
 
 @dataclass
@@ -53,20 +59,45 @@ def parse_source(spec: str) -> tuple[str, str]:
     kind = kind.strip().lower()
     if kind not in SOURCES:
         raise SelfSupError(f"unknown data source {spec!r}; use one of "
-                           f"{', '.join(s + (':PATH' if s in ('folder', 'image') else '') for s in SOURCES)}")
-    if kind in ("folder", "image") and not arg:
-        raise SelfSupError(f"data source {spec!r} needs a path, e.g. "
-                           f"{kind}:/path/to/{'images' if kind == 'folder' else 'photo.jpg'}")
+                           f"{', '.join(s + (':' + PATH_KINDS[s] if s in PATH_KINDS else '') for s in SOURCES)}")
+    if kind in PATH_KINDS and not arg:
+        raise SelfSupError(f"data source {spec!r} needs a {'pattern' if kind == 'shards' else 'path'}, e.g. "
+                           f"{PATH_EXAMPLES[kind]}")
     return kind, arg
 
 
 def load_source(spec: str, split: str = "train", root: str | None = None, download: bool = False,
-                size: int | None = None) -> ImageArray:
-    """Load one split of a source spec such as 'cifar10', 'folder:PATH', 'image:skimage/astronaut', 'digits'."""
+                size: int | None = None, bad_images: str = "error", workers: int | None = None) -> ImageArray:
+    """Load one split of a source spec such as 'cifar10', 'folder:PATH', 'imagenet:ROOT', 'shards:PATTERN', 'digits'.
+
+    size: resize the shorter side to `size` (bicubic) and centre-crop size x size (data.cache_size). bad_images:
+    "error" stops at an unreadable image, naming it; "skip" leaves such images out (image folders, ImageNet, shards).
+    workers: decoding processes for those (None: one per core).
+    """
     kind, arg = parse_source(spec)
+    if bad_images not in BAD_IMAGES:
+        raise SelfSupError(f"data.bad_images must be error or skip, got {bad_images!r}")
+    workers = _whole(workers, "data.workers", "(or null: one process per core)")
+    size = _whole(size, "data.cache_size", "pixels (or null: keep the images' size)")
     split = SPLIT_ALIASES.get(split, split)
     data_root = Path(root).expanduser() if root else cache_dir() / "datasets"
-    return SOURCES[kind](arg=arg, split=split, root=data_root, download=download, size=size)
+    return SOURCES[kind](arg=arg, split=split, root=data_root, download=download, size=size, bad_images=bad_images,
+                         workers=workers)
+
+
+def _whole(value, key: str, unit: str) -> int | None:
+    """None, or a whole number of at least 1 (numpy integers included) as an int; anything else is an error."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        number = 0
+    if number < 1:
+        raise SelfSupError(f"{key} must be a whole number of at least 1 {unit}, got {value!r}")
+    return number
 
 
 IMBALANCE_MIN_FRACTION = {"light": 0.5, "heavy": 0.1}
@@ -153,7 +184,8 @@ def _unpickle(path: Path) -> dict:
                            "delete it and pass --download to fetch it again") from None
 
 
-def _cifar(arg: str, split: str, root: Path, download: bool, size: int | None, hundred: bool) -> ImageArray:
+def _cifar(arg: str, split: str, root: Path, download: bool, size: int | None, hundred: bool, **_
+           ) -> ImageArray:
     name = "cifar100" if hundred else "cifar10"
     _check_split(name, split, ("train", "test"))
     folder = _require(root / ("cifar-100-python" if hundred else "cifar-10-batches-py"), name, root, download)
@@ -178,7 +210,7 @@ def _cifar(arg: str, split: str, root: Path, download: bool, size: int | None, h
     return ImageArray(name, *cached_arrays(name + "-" + split, key, decode, f"{name} {split} in {folder.resolve()}"))
 
 
-def _stl10(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
+def _stl10(arg: str, split: str, root: Path, download: bool, size: int | None, **_) -> ImageArray:
     _check_split("stl10", split, ("train", "test", "unlabeled", "train+unlabeled"))
     folder = _require(root / "stl10_binary", "stl10", root, download)
 
@@ -220,7 +252,7 @@ def stl10_folds(root: str | None = None) -> list[np.ndarray]:
     return [np.asarray(line.split(), dtype=np.int64) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _svhn(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
+def _svhn(arg: str, split: str, root: Path, download: bool, size: int | None, **_) -> ImageArray:
     from scipy.io import loadmat
 
     _check_split("svhn", split, ("train", "test", "extra"))
@@ -240,119 +272,17 @@ def _svhn(arg: str, split: str, root: Path, download: bool, size: int | None) ->
     return ImageArray("svhn", *cached_arrays("svhn-" + split, key, decode, f"svhn {path.resolve()}"))
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
-    """Size, mtime, ctime and inode: what tells a file's content changed without reading it."""
-    # mtime alone misses a replacement whose mtime was set back (os.utime, cp -p, rsync -t, tar x); ctime cannot be
-    # set by users and moves on every write and utime, and a replacement by rename brings a new inode.
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-
-
-def _file_stamps(folder: Path, names: list[str]) -> list[tuple[str, tuple[int, int, int, int] | None]]:
-    """The stamp of each named file in a folder (None for an absent one: it is reported when decoding needs it)."""
-    stamps = []
-    for name in names:
-        try:
-            stamps.append((name, _stamp((folder / name).stat())))
-        except FileNotFoundError:
-            stamps.append((name, None))
-        except OSError as e:
-            raise _unreadable(str(folder / name), e) from None
-    return stamps
-
-
-def _stat_given(path: Path, what: str, missing: str) -> os.stat_result:
-    """stat() a path the user gave; missing, a broken or looping link, or unreadable is a one-line error."""
-    try:
-        return path.stat()
-    except OSError as e:
-        if e.errno == errno.ENOENT and not path.is_symlink():
-            raise SelfSupError(missing) from None
-        raise _unreadable(f"{what} {path}", e) from None
-
-
-def _unreadable(where: str, e: OSError) -> SelfSupError:
-    """The one-line error for a file that cannot be opened, naming it and what to do."""
-    if e.errno == errno.ELOOP:
-        return SelfSupError(f"{where} is a symlink loop (it never reaches a file); remove it or fix the link")
-    if e.errno == errno.ENOENT:
-        return SelfSupError(f"{where} is a broken symlink (its target does not exist); remove it or fix the link")
-    return SelfSupError(f"cannot read {where}: {e.strerror or e}; fix its permissions or remove it")
-
-
 # --------------------------------------------------------------------------- image folders
 
-def _scan_folder(path: Path) -> list[tuple[str, str, os.stat_result]]:
-    """Every image file under a folder as (relative posix path, full path, stat), sorted by path parts, one stat each.
+def _folder_layout(paths: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], dict[str, str]]:
+    """Strip a single wrapping directory; map split names to their top-level folder when train/ and test/ exist.
 
-    Symlinked files are followed (their target is stat'ed), symlinked folders are not entered, as rglob did. A link
-    that leads nowhere (a loop, a missing target) or a folder that cannot be listed is a one-line error.
-    """
-    found = []
-
-    def walk(folder: str, rel: tuple[str, ...]) -> None:
-        try:
-            with os.scandir(folder) as it:
-                entries = list(it)
-        except OSError as e:
-            raise _unreadable(f"folder {folder}", e) from None
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                walk(entry.path, rel + (entry.name,))
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                try:
-                    st = entry.stat()
-                except OSError as e:
-                    raise _unreadable(f"image {entry.path}", e) from None
-                if stat.S_ISREG(st.st_mode):
-                    found.append((rel + (entry.name,), entry.path, st))
-
-    walk(str(path), ())
-    # Sorted by parts, as sorted(rglob()) did: 'a/x.png' before 'a-b/x.png', which a plain string sort reverses.
-    # Plain strings, not PurePosixPath, on this path: for 50,000 files building those took 0.16 s more.
-    found.sort(key=lambda f: f[0])
-    return [("/".join(parts), full, st) for parts, full, st in found]
-
-
-def _reader(full: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        try:
-            with open(full, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise _unreadable(f"image {full}", e) from None
-    return read
-
-
-def _iter_folder(path: Path, scan: list[tuple[str, str, os.stat_result]] | None = None
-                 ) -> Iterator[tuple[PurePosixPath, Callable[[], bytes]]]:
-    """Yield (relative path, opener) for every image file in a folder (as listed by `scan`) or a tar archive."""
-    if path.is_dir():
-        for rel, full, _ in _scan_folder(path) if scan is None else scan:
-            yield PurePosixPath(rel), _reader(full)
-        return
-    try:
-        archive = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError):
-        raise SelfSupError(f"{path} is neither a folder nor a readable .tar/.tar.gz archive; "
-                           "give a folder of images or a tarball of one") from None
-    with archive:
-        try:
-            for member in archive:
-                name = PurePosixPath(member.name.lstrip("./") or member.name)
-                if member.isfile() and name.suffix.lower() in IMAGE_EXTENSIONS and not name.name.startswith("._"):
-                    data = archive.extractfile(member).read()
-                    yield name, (lambda d=data: d)
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-            raise SelfSupError(f"archive {path} is damaged ({type(e).__name__}); download or copy it again") from None
-
-
-def _folder_layout(paths: list[PurePosixPath]) -> tuple[list[PurePosixPath], dict[str, str]]:
-    """Strip a single wrapping directory; map split names to their top-level folder when train/ and test/ exist."""
-    while paths and len({p.parts[0] for p in paths}) == 1 and all(len(p.parts) > 1 for p in paths):
-        if paths[0].parts[0].lower() in ("train", "test", "val"):
+    Paths are tuples of their parts (plain strings: for a million files PurePosixPath objects cost seconds)."""
+    while paths and all(len(p) > 1 for p in paths) and len({p[0] for p in paths}) == 1:
+        if paths[0][0].lower() in ("train", "test", "val"):
             break
-        paths = [PurePosixPath(*p.parts[1:]) for p in paths]
-    tops = {p.parts[0] for p in paths if len(p.parts) > 1}
+        paths = [p[1:] for p in paths]
+    tops = {p[0] for p in paths if len(p) > 1}
     splits = {}
     if "train" in tops:
         splits["train"] = "train"
@@ -363,102 +293,95 @@ def _folder_layout(paths: list[PurePosixPath]) -> tuple[list[PurePosixPath], dic
     return paths, splits
 
 
-SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+def _folder_entries(path: Path, scan: list | None) -> tuple[list[tuple[str, ...]], list[str], list, list[str]]:
+    """Every image of a folder (as scanned) or tarball: (path parts, names for messages, sources, archives), in
+    sorted order for a folder and archive order for a tarball (see build.Plan for sources and archives)."""
+    if scan is not None:
+        names = [full for _, full, _ in scan]
+        return [tuple(rel.split("/")) for rel, _, _ in scan], names, names, []
+    def parts_of(name: str) -> tuple[str, ...] | None:
+        """The path parts of an image member; None for another member or a macOS resource fork."""
+        parts = tuple(p for p in name.split("/") if p not in ("", "."))
+        if not parts or os.path.splitext(parts[-1])[1].lower() not in IMAGE_EXTENSIONS or parts[-1].startswith("._"):
+            return None
+        return parts
+
+    random_access, entries, _, kept = list_tar(
+        path, f"{path} is neither a folder nor a readable .tar/.tar.gz archive; give a folder of images or a tarball "
+              "of one", keep=lambda name: parts_of(name) is not None)
+    parts, names, sources = [], [], []
+    for e in entries:
+        name = parts_of(e.name)
+        if name is None:
+            continue
+        parts.append(name)
+        names.append(f"{path}/{'/'.join(name)}")
+        sources.append((str(path), e.offset, e.size) if random_access else
+                       kept[e.ordinal] if kept is not None else (0, e.ordinal))
+    return parts, names, sources, [] if random_access or kept is not None else [str(path)]
 
 
-def _to_rgb(img: Image.Image, where: str) -> Image.Image:
-    """8-bit RGB from any Pillow mode, scaling 16-bit grey down instead of clipping it.
-
-    Pillow's convert('RGB') clips 16-bit grey (PNG opens as I;16; 16-bit PGM as I, rescaled by Pillow to 0..65535
-    whatever its maxval) at 255: 99.6% of a 0..65535 gradient came out white. 16-bit RGB/RGBA/grey+alpha PNGs are
-    already read as 8 bits by Pillow, keeping the high byte; grey keeps the high byte too, so every 8-bit level
-    covers 256 of the 65536 values, and grey and colour 16-bit files agree.
-    """
-    if img.mode in SIXTEEN_BIT_GREY:
-        grey = np.asarray(img)
-        if grey.size and (grey.min() < 0 or grey.max() > 65535):
-            raise SelfSupError(f"image {where} holds 32-bit integer pixels (range {grey.min()}..{grey.max()}); "
-                               "convert it to 8 or 16 bits")
-        return Image.fromarray((grey.astype(np.uint32) >> 8).astype(np.uint8)).convert("RGB")
-    return img.convert("RGB")
-
-
-def _decode_image(data: bytes, where: str, size: int | None) -> np.ndarray:
-    try:
-        img = _to_rgb(Image.open(io.BytesIO(data)), where)
-    except SelfSupError:
-        raise
-    except Exception as e:  # noqa: BLE001 — PIL raises many types for a bad file
-        raise SelfSupError(f"cannot read image {where}: {e}; remove or replace the file") from None
-    if size:
-        img = _resize_center_crop(img, size)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def _folder(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
+def _folder(arg: str, split: str, root: Path, download: bool, size: int | None, bad_images: str = "error",
+            workers: int | None = None) -> ImageArray:
     path = Path(arg).expanduser()
-    _stat_given(path, "image folder",
-                f"image folder {path} does not exist; give an existing folder or .tar/.tar.gz of images")
-    # The key lists every image's relative path and stamp, so a file moved between class folders, added, removed
-    # or replaced (even with its mtime set back) misses the cache; the decoder reads exactly this listing. The stat
+    stat_given(path, "image folder",
+               f"image folder {path} does not exist; give an existing folder or .tar/.tar.gz of images")
+    # The key hashes every image's relative path and stamp, so a file moved between class folders, added, removed or
+    # replaced (even with its mtime set back) misses the cache; the decoder reads exactly this listing. The stat
     # comes before the read, so a file changed mid-decode makes the next load miss instead of hiding the change.
     # Cost on a cache hit, 50,000 files in 10 folders, page cache warm, best of 5 on a busy 2-core machine: scan
     # 0.36 s + stamps and key 0.15 s, against 0.22 s for the old count-and-newest-mtime walk (a decode takes minutes).
-    scan = _scan_folder(path) if path.is_dir() else None
+    scan = scan_folder(path) if path.is_dir() else None
+    fingerprint = Fingerprint()
     if scan is None:
-        stamp = _file_stamps(path.parent, [path.name])
+        fingerprint.add(_file_stamps(path.parent, [path.name]))
     else:
-        stamp = [(rel, *_stamp(st)) for rel, _, st in scan]
+        fingerprint.add_scan(scan)
 
-    def decode():
-        entries = list(_iter_folder(path, scan))
-        if not entries:
+    def plan() -> Plan:
+        parts, names, sources, archives = _folder_entries(path, scan)
+        if not parts:
             raise SelfSupError(f"no images found in {path}; "
                                f"it must hold image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        rel, splits = _folder_layout([e[0] for e in entries])
+        rel, splits = _folder_layout(parts)
         if splits:
             if split not in splits:
                 raise SelfSupError(f"{path} has no {split!r} split; it has {', '.join(sorted(splits))}")
-            chosen = [(PurePosixPath(*r.parts[1:]), e[1], e[0]) for r, e in zip(rel, entries)
-                      if r.parts[0] == splits[split]]
+            chosen = [i for i, r in enumerate(rel) if r[0] == splits[split]]
+            within = [rel[i][1:] for i in chosen]
         elif split in ("train", "all"):
-            chosen = [(r, e[1], e[0]) for r, e in zip(rel, entries)]
+            chosen, within = list(range(len(rel))), rel
         else:
             raise SelfSupError(f"{path} has no {split!r} split (no train/ and test/ sub-folders); use split 'train'")
         if not chosen:
             raise SelfSupError(f"no images in the {split!r} split of {path}")
-        labelled = all(len(r.parts) > 1 for r, _, _ in chosen)
-        names = {r.parts[0] for r, _, _ in chosen}
-        if splits:  # one numbering for every split: a test/ folder without some class must not renumber the others
-            names |= {r.parts[1] for r in rel if r.parts[0] in splits.values() and len(r.parts) > 2}
-        classes = sorted(names) if labelled else []
+        labelled = all(len(r) > 1 for r in within)
+        classes = set()
+        if labelled:
+            classes = {r[0] for r in within}
+            if splits:  # one numbering for every split: a test/ folder without some class must not renumber the others
+                classes |= {r[1] for r in rel if r[0] in splits.values() and len(r) > 2}
+        classes = sorted(classes)
         index = {c: i for i, c in enumerate(classes)}
-        images, labels = [], []
-        with Progress(len(chosen), f"decoding {path.name} ({split}) into the cache", unit="img") as bar:
-            for r, read, full in chosen:
-                images.append(_decode_image(read(), f"{path}/{full}", size))
-                if labelled:
-                    labels.append(index[r.parts[0]])
-                bar.update()
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:
-            raise SelfSupError(f"images in {path} differ in size ({len(shapes)} sizes, e.g. {sorted(shapes)[:2]}); "
-                               "pass data.size=N to resize them")
-        return np.stack(images), (np.asarray(labels, dtype=np.int64) if labelled else None), classes
+        labels = np.asarray([index[r[0]] for r in within], dtype=np.int64) if labelled else None
+        return Plan([names[i] for i in chosen], [sources[i] for i in chosen], labels, classes, archives)
 
-    key = cache_key(path.resolve(), split, size, stamp)
-    source = f"{path.resolve()} ({split} split{f', size {size}' if size else ''})"
-    return ImageArray(f"folder:{path.name}", *cached_arrays("folder-" + split, key, decode, source))
+    key = cache_key(path.resolve(), split, size, bad_images, DECODER, fingerprint.hexdigest())
+    source = (f"{path.resolve()} ({split} split{f', size {size}' if size else ''}"
+              f"{', skipping unreadable images' if bad_images == 'skip' else ''})")
+    images, labels, classes = build_cached("folder-" + split, key, plan, size, bad_images, workers,
+                                           what=f"{path} ({split} split)", source=source)
+    return ImageArray(f"folder:{path.name}", images, labels, classes)
 
+
+def _imagenet(arg: str, split: str, root: Path, download: bool, size: int | None, bad_images: str = "error",
+              workers: int | None = None) -> ImageArray:
+    return ImageArray("imagenet", *load_imagenet(arg, split, size, bad_images, workers))
+
+
+def _shards(arg: str, split: str, root: Path, download: bool, size: int | None, bad_images: str = "error",
+            workers: int | None = None) -> ImageArray:
+    return ImageArray(f"shards:{Path(arg).name}", *load_shards(arg, split, size, bad_images, workers))
 
 # --------------------------------------------------------------------------- one image, digits
 
@@ -483,23 +406,27 @@ def load_image(arg: str) -> np.ndarray:
             img = np.repeat(img[..., None], 3, axis=2)
         return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
     path = Path(arg).expanduser()
-    st = _stat_given(path, "image",
+    st = stat_given(path, "image",
                      f"image {path} does not exist; give an image file or skimage/NAME (e.g. skimage/astronaut)")
     if stat.S_ISDIR(st.st_mode):
         raise SelfSupError(f"image {path} is a folder; use folder:{path} to load the images in it")
     if not stat.S_ISREG(st.st_mode):
         raise SelfSupError(f"image {path} is not a regular file; give an image file")
-    return _decode_image(_reader(str(path))(), str(path), None)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise unreadable(f"image {path}", e) from None
+    return decode_image(data, str(path), None)
 
 
-def _image(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
+def _image(arg: str, split: str, root: Path, download: bool, size: int | None, **_) -> ImageArray:
     img = load_image(arg)
     if size:
-        img = np.asarray(_resize_center_crop(Image.fromarray(img), size))
+        img = np.asarray(resize_center_crop(Image.fromarray(img), size))
     return ImageArray(f"image:{Path(arg).name}", img[None])
 
 
-def _digits(arg: str, split: str, root: Path, download: bool, size: int | None) -> ImageArray:
+def _digits(arg: str, split: str, root: Path, download: bool, size: int | None, **_) -> ImageArray:
     _check_split("digits", split, ("train", "test", "all"))
 
     def decode():
@@ -532,6 +459,8 @@ SOURCES = {
     "stl10": _stl10,
     "svhn": _svhn,
     "folder": _folder,
+    "imagenet": _imagenet,
+    "shards": _shards,
     "image": _image,
     "digits": _digits,
 }
