@@ -130,7 +130,8 @@ def cluster_picture(images: np.ndarray, features: torch.Tensor, labels: torch.Te
     upscaled `scale`x."""
     labels = labels.long()
     keep = labels >= 0  # -1: a sample without a label (given labels with gaps)
-    images, features, labels = images[keep.numpy()], features[keep], labels[keep]
+    rows_of = torch.nonzero(keep).flatten()  # row in `images` of each kept sample: the images (a memory map of the
+    features, labels = features[keep], labels[keep]  # whole split, maybe) are read only where shown
     if not len(labels):
         h, w = images.shape[1:3]
         return np.zeros((h * scale, w * scale, 3), np.uint8)
@@ -146,7 +147,7 @@ def cluster_picture(images: np.ndarray, features: torch.Tensor, labels: torch.Te
         best = members[torch.argsort(feats[members] @ centre, descending=True)[:per_cluster]]
         row = np.zeros((h, w * per_cluster, 3), dtype=np.uint8)
         for j, i in enumerate(best.tolist()):
-            row[:, j * w:(j + 1) * w] = images[i]
+            row[:, j * w:(j + 1) * w] = images[int(rows_of[i])]
         rows.append(row)
     grid = np.concatenate(rows) if rows else np.zeros((h, w, 3), np.uint8)
     return grid.repeat(scale, 0).repeat(scale, 1)

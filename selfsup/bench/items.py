@@ -67,6 +67,7 @@ def _is_view(draw, batch_size: int) -> bool:
 def throughput(item: dict, device: torch.device) -> dict:
     """Images per second of one method's training step in one mode (see the module docstring)."""
     from selfsup.data import load_source
+    from selfsup.data.stream import placed
     from selfsup.engine import build_optimizer
     from selfsup.methods import Batch, RunInfo, Tape, build_method, get_method
 
@@ -77,7 +78,7 @@ def throughput(item: dict, device: torch.device) -> dict:
     method = build_method(cfg, get_method(cfg.method).data_info(cfg, data)).to(device)
     data = method.prepare_data(data, RunInfo())  # as a run does (Exemplar-CNN: its seed patches)
     host = np.ascontiguousarray(data.images)
-    images = torch.from_numpy(host).to(device)
+    images = placed(host, device)  # as a run places them: on the device when they fit its default budget
     n, bs = len(images), s["batch_size"]
     method.on_train_start(images)
     method.channels_last = True
@@ -97,7 +98,7 @@ def throughput(item: dict, device: torch.device) -> dict:
 
     def index_batch() -> Batch:
         idx = torch.randint(n, (bs,), device=device, generator=gen)
-        return Batch(images.index_select(0, idx), idx, gen)
+        return Batch(images.gather(idx), idx, gen)
 
     fixed = index_batch()
     method.tape = Tape()

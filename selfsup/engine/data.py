@@ -3,13 +3,23 @@ turned into many images by the single-image augmentation when there are fewer th
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import zlib
+
 import numpy as np
 import torch
 
 from selfsup.augmentation import synthesize
-from selfsup.config import IN_MEMORY, Config
+from selfsup.config import IN_MEMORY, Config, config_to_dict
 from selfsup.data import ImageArray, imbalanced, load_source, subset
+from selfsup.data.cache import cache_dir, cache_key
+from selfsup.data.stream import DEFAULT_RAM_SHARE, available_ram
 from selfsup.errors import SelfSupError
+from selfsup.progress import say
+
+SYNTH_VERSION = 1  # part of a synthesised file's key: bump it when selfsup.augmentation.synthesize changes
 
 
 def as_image_array(images) -> ImageArray:
@@ -45,7 +55,7 @@ def source_images(cfg: Config, data=None) -> ImageArray:
         if d.source == IN_MEMORY:
             raise SelfSupError("this run trained on images given to selfsup.fit, which its config cannot reload; pass "
                                "them again (fit(method, images, ...)) or set data.source")
-        arr = load_source(d.source, d.split, d.root, d.download, d.size)
+        arr = load_source(d.source, d.split, d.root, d.download, d.size, d.bad_images, d.workers)
     else:
         arr = as_image_array(data)
         d.source = IN_MEMORY
@@ -76,10 +86,54 @@ def training_data(cfg: Config, arr: ImageArray, per_sample_state: bool) -> tuple
                                "(unset data.samples_per_epoch)")
         return arr, False
     images = torch.from_numpy(np.array(arr.images))
+    name = f"{arr.name}[{d.samples_per_epoch} synthesised]"
+    side = d.single_image.size
+    nbytes = d.samples_per_epoch * side * side * 3
+    if nbytes <= DEFAULT_RAM_SHARE * available_ram():
+        return ImageArray(name, _synthesised(images, cfg).numpy(), None, []), False
+    # More than fits in memory (the single-image study on ImageNet: 1,281,167 images): made once into a file of the
+    # cache, chunk by chunk with the same draws (so the images are the same), and streamed from there.
+    key = cache_key("synthesised", SYNTH_VERSION, arr.name, len(arr), zlib.crc32(np.ascontiguousarray(arr.images)),
+                    cfg.seed, d.samples_per_epoch, config_to_dict(cfg)["data"]["single_image"])
+    folder = cache_dir() / "synthesised"
+    path = folder / f"{key}.npy"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the ranks of a torchrun job: one makes the file, the others wait for it
+        if not path.exists():
+            for stale in folder.glob(f"{key}.tmp*.npy"):  # left by a process killed while writing
+                stale.unlink(missing_ok=True)
+            if shutil.disk_usage(folder).free < nbytes:
+                raise SelfSupError(f"synthesising {d.samples_per_epoch:,} images from {arr.name} needs "
+                                   f"{nbytes / 2**30:.1f} GB in {folder}, which has "
+                                   f"{shutil.disk_usage(folder).free / 2**30:.1f} GB free; free space there or set "
+                                   "SELFSUP_CACHE to a larger disk")
+            say(f"selfsup: synthesising {d.samples_per_epoch:,} images ({nbytes / 2**30:.1f} GB) from {arr.name} "
+                f"into {path}")
+            tmp = path.with_name(f"{key}.tmp{os.getpid()}.npy")
+            try:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                                shape=(d.samples_per_epoch, side, side, 3))
+                start = 0
+                for part in _synthesised(images, cfg, chunks=True):
+                    out[start:start + len(part)] = part.numpy()
+                    start += len(part)
+                out.flush()
+                del out
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+    return ImageArray(name, np.load(path, mmap_mode="r"), None, []), False
+
+
+def _synthesised(images: torch.Tensor, cfg: Config, chunks: bool = False):
+    """cfg.data.samples_per_epoch images synthesised from `images` under the seed, 4,096 at a time: all of them
+    joined, or (chunks) each 4,096 as it is made."""
+    d = cfg.data
     gen = torch.Generator().manual_seed(cfg.seed)
-    made = [synthesize(images, d.single_image, gen, min(4096, d.samples_per_epoch - i))
-            for i in range(0, d.samples_per_epoch, 4096)]
-    return ImageArray(f"{arr.name}[{d.samples_per_epoch} synthesised]", torch.cat(made).numpy(), None, []), False
+    parts = (synthesize(images, d.single_image, gen, min(4096, d.samples_per_epoch - i))
+             for i in range(0, d.samples_per_epoch, 4096))
+    return parts if chunks else torch.cat(list(parts))
 
 
 def run_images(cfg: Config) -> ImageArray:

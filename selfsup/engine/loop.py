@@ -1,9 +1,10 @@
 """`selfsup.fit`: the one training loop for every method, single process or DDP under torchrun.
 
 Data flows one way: dataset indices -> uint8 batch on the device -> method.training_step (augment, backbone,
-head, loss) -> optimizer. The whole training split lives on the device as uint8, so there are no DataLoader
-workers. Randomness is re-seeded from (seed, epoch, rank) at every epoch start, which is what makes a resumed
-run continue exactly.
+head, loss) -> optimizer. A training split that fits data.device_budget_gb lives on the device as uint8; a larger
+one is streamed from the decode cache a few batches ahead by a background thread (selfsup.data.stream), with the
+same batches, so there are no DataLoader workers either way. Randomness is re-seeded from (seed, epoch, rank) at
+every epoch start, which is what makes a resumed run continue exactly.
 
 The loop in named steps: open the run (checks, processes, the run directory), prepare the data and the method,
 set up the model (device, memory format, optimizer, resumed state, DDP), then per epoch `train_one_epoch` and
@@ -18,13 +19,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from selfsup.augmentation import synthesize
 from selfsup.config import Config, check_config, config_to_dict, load_run_config, save_config
+from selfsup.data.stream import Images, Prefetcher, device_budget
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.engine.checkpoint import (
     CHECKPOINT,
@@ -104,22 +106,42 @@ class Run:
 
 @dataclass
 class TrainData:
-    """The training images on the device and how an epoch walks them."""
+    """The training images (on the device, or streamed to it) and how an epoch walks them."""
 
-    images: torch.Tensor  # uint8 (N,H,W,3)
+    images: Images  # uint8 (N,H,W,3)
     synthesize: bool  # every batch made afresh from `images` by the single-image augmentation
     resample: bool  # indices drawn with replacement (samples_per_epoch of them)
     per_epoch: int
     steps_per_epoch: int
 
-    def batch(self, cfg: Config, order: torch.Tensor, step: int, generator: torch.Generator, info: DistInfo) -> Batch:
-        """This process's slice of the step's global batch."""
+    def local_indices(self, cfg: Config, order: torch.Tensor, step: int, info: DistInfo) -> torch.Tensor:
+        """This process's slice of the step's global batch of dataset indices."""
         local = cfg.batch_size // info.world_size
         start = step * cfg.batch_size + info.rank * local
-        idx = order[start:start + local]
+        return order[start:start + local]
+
+    def batches(self, cfg: Config, order: torch.Tensor, generator: torch.Generator, info: DistInfo,
+                device: torch.device) -> Iterator[Batch]:
+        """The epoch's batches in step order (this process's slice of each): gathered on the device, or read from the
+        host ahead of time by a background thread when the images are streamed (only this process's rows)."""
+        steps = range(self.steps_per_epoch)
+        on_device = order.to(device)
         if self.synthesize:
-            return Batch(synthesize(self.images, cfg.data.single_image, generator, local), idx, generator)
-        return Batch(self.images.index_select(0, idx), idx, generator)
+            for step in steps:
+                idx = self.local_indices(cfg, on_device, step, info)
+                yield Batch(synthesize(self.images.tensor, cfg.data.single_image, generator, len(idx)), idx, generator)
+        elif self.images.resident:
+            for step in steps:
+                idx = self.local_indices(cfg, on_device, step, info)
+                yield Batch(self.images.gather(idx), idx, generator)
+        else:
+            host = order.cpu()
+            rows = Prefetcher(self.images, [self.local_indices(cfg, host, step, info) for step in steps])
+            try:
+                for step, images in zip(steps, rows):
+                    yield Batch(images, self.local_indices(cfg, on_device, step, info), generator)
+            finally:
+                rows.close()
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -268,8 +290,21 @@ def prepare(method: Method | None, data, run: Run) -> tuple[Method, TrainData]:
     if method.per_sample_state and len(arr) != expected:
         raise SelfSupError(f"{type(method).__name__} was built for {expected} training samples but the data has "
                            f"{len(arr)}; build it with DataInfo(num_samples={len(arr)})")
-    images = torch.from_numpy(np.array(arr.images)).to(run.device)  # read the memory map into (device) memory once
-    return method.to(run.device), TrainData(images, synth, resample, per_epoch, per_epoch // cfg.batch_size)
+    return method.to(run.device), TrainData(_placed(arr.images, synth, run), synth, resample, per_epoch,
+                                            per_epoch // cfg.batch_size)
+
+
+def _placed(host, synth: bool, run: Run) -> Images:
+    """The training images on the device when they fit data.device_budget_gb (a source made into new images at
+    every step always does: it is a handful), else left in the cache to be streamed batch by batch."""
+    budget = device_budget(run.cfg.data.device_budget_gb, run.device)
+    nbytes = host.nbytes
+    resident = synth or nbytes <= budget
+    if not resident:
+        run.note(f"selfsup: the training images ({nbytes / 2**30:.2f} GB) exceed the device budget of "
+                 f"{budget / 2**30:.2f} GB (data.device_budget_gb); streaming them from "
+                 f"{'the decode cache' if getattr(host, 'filename', None) else 'host memory'} a few batches ahead")
+    return Images(host, run.device, resident)
 
 
 def setup_model(method: Method, run: Run, data: TrainData) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
@@ -327,8 +362,8 @@ def start_logs(run: Run, method: Method, data: TrainData) -> None:
     run.note(f"selfsup: {'resuming' if run.resume else 'starting'} {cfg.method} {where} on {run.device}, "
              f"{info.world_size} process{'es' if info.world_size > 1 else ''}; {len(images):,} training "
              f"image{'s' if len(images) != 1 else ''} of "
-             f"{size} ({cfg.data.source}), {data.per_epoch:,} samples per epoch in {data.steps_per_epoch} steps of "
-             f"{cfg.batch_size}, {cfg.epochs} epochs")
+             f"{size} ({cfg.data.source}{'' if images.resident else ', streamed'}), {data.per_epoch:,} samples per "
+             f"epoch in {data.steps_per_epoch} steps of {cfg.batch_size}, {cfg.epochs} epochs")
     # The loggers first (W&B may refuse to start: then nothing of this run is written), rank 0 only; under torchrun
     # every rank learns whether they opened, so all stop together.
     error = None
@@ -362,7 +397,8 @@ def _views_grid(method: Method, data: TrainData, cfg: Config, count: int = 8):
     from selfsup.report import image_rows
 
     gen = torch.Generator(device=data.images.device).manual_seed(cfg.seed)
-    shown = synthesize(data.images, cfg.data.single_image, gen, count) if data.synthesize else data.images[:count]
+    shown = (synthesize(data.images.tensor, cfg.data.single_image, gen, count) if data.synthesize
+             else data.images[:count])
     if shown.dim() != 4 or shown.shape[-1] != 3:
         return None
     first = resize(to_float(shown), method.aug.size)
@@ -388,7 +424,6 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
         n = len(data.images)
         order = (torch.randint(n, (data.per_epoch,), generator=order_gen) if data.resample
                  else torch.cat([torch.randperm(n, generator=order_gen) for _ in range(data.per_epoch // n)]))
-    order = order.to(device)
     aug_gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
     torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
     loss_sum = torch.zeros((), device=device)
@@ -397,39 +432,43 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     steps = data.steps_per_epoch
     bar = Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", unit="img", per_step=cfg.batch_size,
                    enabled=run.progress)
-    for step in range(steps):
-        gstep = epoch * steps + step
-        lr = schedule.apply(optimizer, gstep)
-        batch = data.batch(cfg, order, step, aug_gen, info)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16):
-            outputs = model(batch)
-        loss = outputs["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        method.on_before_step(gstep, schedule.total)
-        optimizer.step()
-        method.on_step_end(gstep, schedule.total)
-        detached = loss.detach().float()
-        loss_sum += detached
-        bad |= ~torch.isfinite(detached)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-            if info.enabled:  # every rank must stop together, whichever saw the NaN
-                flag = bad.float()
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                bad = flag.bool()
-            if bad.item():
-                bar.close(failed=True)  # the error starts its own line
-                raise SelfSupError(f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, and "
-                                   f"{run.kept()} — lower optim.lr or check the data")
-            if run.logs or (cfg.log_steps and run.writes):
-                values = {key: float(value.detach()) for key, value in outputs.items() if value.numel() == 1}
-                if run.logs:
-                    run.logs.scalars("train", {**values, "lr": lr}, gstep)
-                if cfg.log_steps and run.writes:
-                    run.step_rows.append({"epoch": epoch + 1, "step": gstep + 1, **values, "lr": lr,
-                                          "wall_time": round(time.time(), 3)})
-            bar.set(loss=f"{detached.item():.4f}", lr=f"{lr:.3g}")
-        bar.update(1)
+    batches = data.batches(cfg, order, aug_gen, info, device)
+    try:
+        for step in range(steps):
+            gstep = epoch * steps + step
+            lr = schedule.apply(optimizer, gstep)
+            batch = next(batches)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16):
+                outputs = model(batch)
+            loss = outputs["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            method.on_before_step(gstep, schedule.total)
+            optimizer.step()
+            method.on_step_end(gstep, schedule.total)
+            detached = loss.detach().float()
+            loss_sum += detached
+            bad |= ~torch.isfinite(detached)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+                if info.enabled:  # every rank must stop together, whichever saw the NaN
+                    flag = bad.float()
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    bad = flag.bool()
+                if bad.item():
+                    bar.close(failed=True)  # the error starts its own line
+                    raise SelfSupError(f"loss became {detached.item()} at epoch {epoch + 1}, step {step + 1}; stopped, "
+                                       f"and {run.kept()} — lower optim.lr or check the data")
+                if run.logs or (cfg.log_steps and run.writes):
+                    values = {key: float(value.detach()) for key, value in outputs.items() if value.numel() == 1}
+                    if run.logs:
+                        run.logs.scalars("train", {**values, "lr": lr}, gstep)
+                    if cfg.log_steps and run.writes:
+                        run.step_rows.append({"epoch": epoch + 1, "step": gstep + 1, **values, "lr": lr,
+                                              "wall_time": round(time.time(), 3)})
+                bar.set(loss=f"{detached.item():.4f}", lr=f"{lr:.3g}")
+            bar.update(1)
+    finally:
+        batches.close()  # stops a streaming thread, also when a step fails
     bar.close()
     if info.enabled:
         dist.all_reduce(loss_sum)
@@ -535,7 +574,8 @@ def _pictures(method: Method, run: Run, data: TrainData) -> None:
 
     if run.writes:
         gen = torch.Generator(device=run.device).manual_seed(run.cfg.seed)
-        shown = synthesize(data.images, run.cfg.data.single_image, gen, 8) if data.synthesize else data.images[:8]
+        shown = (synthesize(data.images.tensor, run.cfg.data.single_image, gen, 8) if data.synthesize
+                 else data.images[:8])
         grid = method.sample_grid(shown, gen)
         if grid is not None:
             Image.fromarray(grid).save(run.out / "samples.png")

@@ -27,8 +27,11 @@ def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageAr
     # Evaluating on the training source: decode it at the same size as for training unless told otherwise.
     size = cfg.eval.size if cfg.eval.source else (cfg.eval.size or cfg.data.size)
     try:
-        train = load_source(source, cfg.eval.train_split, cfg.eval.root or cfg.data.root, cfg.data.download, size)
-        test = load_source(source, cfg.eval.test_split, cfg.eval.root or cfg.data.root, cfg.data.download, size)
+        d = cfg.data
+        train = load_source(source, cfg.eval.train_split, cfg.eval.root or d.root, d.download, size, d.bad_images,
+                            d.workers)
+        test = load_source(source, cfg.eval.test_split, cfg.eval.root or d.root, d.download, size, d.bad_images,
+                           d.workers)
     except SelfSupError:
         if required:
             raise
@@ -50,9 +53,12 @@ def run_knn(backbone: Backbone, cfg: Config, device: torch.device, splits: tuple
     bank = extract_features(backbone, train.images, size, device, cfg.eval.batch_size, transform)
     queries = extract_features(backbone, test.images, size, device, cfg.eval.batch_size, transform)
     keep = torch.from_numpy(train.labels >= 0)
-    return knn_accuracy(bank[keep.to(bank.device)], torch.from_numpy(train.labels)[keep], queries,
-                        torch.from_numpy(test.labels), max(train.num_classes, int(train.labels.max()) + 1),
-                        cfg.eval.knn_k, cfg.eval.knn_t)
+    labels = torch.from_numpy(train.labels)
+    if not keep.all():  # unlabelled images (-1) are left out of the bank
+        bank, labels = bank[keep.to(bank.device)], labels[keep]
+    return knn_accuracy(bank, labels, queries, torch.from_numpy(test.labels),
+                        max(train.num_classes, int(train.labels.max()) + 1), cfg.eval.knn_k, cfg.eval.knn_t,
+                        device=device)
 
 
 @dataclass
@@ -89,9 +95,8 @@ def linear_probes(feats: TapFeatures, cfg: Config, device: torch.device) -> dict
 
 def layer_knn(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str, float]:
     """Top-1 (percent) of weighted kNN (eval.knn_k, eval.knn_t) on each tap's pooled features."""
-    return {name: knn_accuracy(feats.train[name].to(device).float(), feats.train_labels,
-                               feats.test[name].to(device).float(), feats.test_labels, feats.num_classes,
-                               cfg.eval.knn_k, cfg.eval.knn_t)
+    return {name: knn_accuracy(feats.train[name], feats.train_labels, feats.test[name], feats.test_labels,
+                               feats.num_classes, cfg.eval.knn_k, cfg.eval.knn_t, device=device)
             for name in feats.train}
 
 

@@ -10,12 +10,27 @@ import torch.nn.functional as F
 
 from selfsup.progress import Progress
 
+STATS_CHUNK = 65_536  # rows at a time for the statistics of features too large to copy to float32 whole
+STATS_AT_ONCE = 2**30  # bytes of float32 features whose statistics are computed in one go
+
 
 @torch.no_grad()
 def _standardise(train: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = train.float().mean(0)
-    std = train.float().std(0).clamp_min(1e-5)
-    return mean.to(device), std.to(device)
+    if train.numel() * 4 <= STATS_AT_ONCE:
+        mean = train.float().mean(0)
+        std = train.float().std(0).clamp_min(1e-5)
+        return mean.to(device), std.to(device)
+    # ImageNet-size features (possibly a memory-mapped file): sums in float64 over chunks, never a float32 copy.
+    n = len(train)
+    total = torch.zeros(train.shape[1], dtype=torch.float64)
+    squares = torch.zeros(train.shape[1], dtype=torch.float64)
+    for start in range(0, n, STATS_CHUNK):
+        part = train[start:start + STATS_CHUNK].double()
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+    mean = total / n
+    std = ((squares - n * mean * mean).clamp_min(0) / max(1, n - 1)).sqrt().clamp_min(1e-5)
+    return mean.float().to(device), std.float().to(device)
 
 
 def train_linear_probes(train: dict[str, torch.Tensor], train_labels: torch.Tensor, test: dict[str, torch.Tensor],

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from selfsup.augmentation import normalize, pad_crop_flip, resize, to_input
+from selfsup.data.stream import gather_batches, placed
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import Transform, _batches
 from selfsup.nets import Backbone, eval_mode
@@ -56,9 +57,10 @@ def build_head(kind: str, shape: tuple[int, ...], num_classes: int) -> nn.Module
 def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: np.ndarray, train_labels: np.ndarray,
                 test_images: np.ndarray, test_labels: np.ndarray, size: int, device: torch.device,
                 epochs: int | None = None, seed: int = 0, progress: bool = True,
-                transform: Transform = normalize) -> dict[str, float]:
+                transform: Transform = normalize, budget_gb: float | None = None) -> dict[str, float]:
     """Top-1 test accuracy (percent) of a `kind` classifier trained on each frozen layer in `layers`
-    (`transform`: RGB in [0,1] -> the backbone's input, a method's input_transform)."""
+    (`transform`: RGB in [0,1] -> the backbone's input, a method's input_transform). The training images stay on
+    the device when they fit `budget_gb` (data.device_budget_gb), else are streamed from the cache."""
     if kind not in HEADS:
         raise SelfSupError(f"unknown classifier {kind!r}; choose one of {', '.join(HEADS)}")
     epochs = HEADS[kind]["epochs"] if epochs is None else epochs
@@ -70,9 +72,9 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
         torch.manual_seed(seed)  # the heads' start must not depend on whatever ran before
         heads = nn.ModuleDict({n: build_head(kind, tuple(s), num_classes) for n, s in shapes.items()}).to(device)
     opt = torch.optim.SGD(heads.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    keep = train_labels >= 0
-    images = torch.from_numpy(np.ascontiguousarray(train_images[keep])).to(device)
-    labels = torch.from_numpy(train_labels[keep]).long().to(device)
+    rows = torch.from_numpy(np.flatnonzero(train_labels >= 0))  # the labelled images, by row of the split
+    images = placed(train_images, device, budget_gb)  # on the device when it fits, else streamed batch by batch
+    labels = torch.from_numpy(train_labels[rows.numpy()]).long().to(device)
     n = len(labels)
     if n < 2:
         raise SelfSupError(f"the training split has {n} labelled image(s); a classifier needs at least 2")
@@ -81,17 +83,17 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: LR_DROP ** bisect_right(drops, s))
     gen = torch.Generator(device=device).manual_seed(seed)
     pad = max(1, images.shape[1] // 8)
+    rows_dev = rows.to(device)
     bf16 = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     heads.train()
     bar = Progress(epochs, f"{kind} classifiers", unit="epochs", enabled=progress)
     with eval_mode(backbone), bar:  # frozen, batch-norm statistics included
         for _ in range(epochs):
             order = torch.randperm(n, generator=gen, device=device)
-            for start in range(0, n, BATCH_SIZE):
-                idx = order[start:start + BATCH_SIZE]
-                if len(idx) < 2:  # batch norm cannot train on a single sample
-                    continue
-                x = transform(resize(pad_crop_flip(images[idx], pad, gen), size))
+            # A last batch of one is left out: batch norm cannot train on a single sample.
+            batches = [order[s:s + BATCH_SIZE] for s in range(0, n, BATCH_SIZE) if n - s >= 2]
+            for idx, batch in zip(batches, gather_batches(images, [rows_dev[i] for i in batches])):
+                x = transform(resize(pad_crop_flip(batch, pad, gen), size))
                 with torch.autocast(**bf16):
                     with torch.no_grad():
                         maps = backbone.forward_taps(x, layers)

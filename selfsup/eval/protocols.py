@@ -12,6 +12,7 @@ import torch
 from selfsup.augmentation import normalize
 from selfsup.config import EvalConfig, apply_overrides, load_config
 from selfsup.data import ImageArray
+from selfsup.data.stream import placed
 from selfsup.engine.logs import log_eval_result
 from selfsup.errors import SelfSupError, warn
 from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
@@ -132,7 +133,8 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
             layers = [n for n, shape in shapes.items() if head == "mlp" or len(shape) == 3]
         train, test = splits
         accs = train_heads(backbone, layers, head, train.images, train.labels, test.images, test.labels,
-                           cfg.model.input_size, dev, epochs, cfg.seed, transform=transform)
+                           cfg.model.input_size, dev, epochs, cfg.seed, transform=transform,
+                           budget_gb=cfg.data.device_budget_gb)
         result = {"model": model_name, "head": head, "epochs": epochs or HEADS[head]["epochs"],
                   "top1": {k: round(v, 2) for k, v in accs.items()}}
     else:
@@ -169,8 +171,6 @@ def export_labels(run: str | Path, output: str | Path = "labels.csv", device: st
     the true labels when the data has them."""
     import csv
 
-    import torch.nn.functional as F
-
     from selfsup.distributed import pick_device
     from selfsup.engine import load_run, run_images
     from selfsup.eval.cluster import cluster_metrics
@@ -186,11 +186,9 @@ def export_labels(run: str | Path, output: str | Path = "labels.csv", device: st
     if out.exists() and not force:
         raise SelfSupError(f"{out} already exists; pass --force to overwrite it")
     data = run_images(method.run_config)  # the images the run trained on (synthesised ones are made again, seeded)
-    images = torch.from_numpy(np.array(data.images)).to(dev)
+    images = placed(data.images, dev, method.run_config.data.device_budget_gb)  # streamed when over the budget
     labels = method.labels.view(-1, len(data)).cpu()  # (heads, N)
-    probs = F.softmax(method.dataset_pass(method.logits, images), dim=-1).cpu()  # (N, heads, K)
-    features = method.dataset_pass(method.backbone, images).cpu()
-    conf = probs.gather(2, labels.T[:, :, None]).squeeze(2)  # the model's probability of each sample's label
+    conf, features = _confidence_and_features(method, images, labels)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -206,6 +204,36 @@ def export_labels(run: str | Path, output: str | Path = "labels.csv", device: st
     if data.labels is not None:
         result["head_0"] = {k: round(v, 4) for k, v in cluster_metrics(labels[0].numpy(), data.labels).items()}
     return result
+
+
+@torch.no_grad()
+def _confidence_and_features(method, images, labels: torch.Tensor, chunk: int = 1024
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the model's probability of its label under each head (N, heads), and its features (N, D) in fp16
+    for the cluster picture; a chunk at a time, so neither the (N, heads, K) probabilities nor the images are ever
+    held whole (SeLa's ImageNet heads: 10 x 3,000 per image)."""
+    import torch.nn.functional as F
+
+    from selfsup.augmentation import to_input
+    from selfsup.data.stream import chunks, host_buffer
+    from selfsup.nets import eval_mode
+    from selfsup.progress import Progress
+
+    n = len(images)
+    conf = torch.empty((n, labels.shape[0]))
+    features = None
+    with eval_mode(method), Progress(-(-n // chunk), f"labels' confidence over {n:,} images", unit="img",
+                                     per_step=chunk) as bar:
+        for start, x in zip(range(0, n, chunk), chunks(images, 0, n, chunk)):
+            f = method.backbone(to_input(x, method.data.input_size, method.input_transform))
+            probs = F.softmax(method.heads(f).view(len(x), method.num_heads, method.num_classes).float(), dim=-1)
+            mine = labels[:, start:start + len(x)].T.to(probs.device)  # (B, heads)
+            conf[start:start + len(x)] = probs.gather(2, mine.clamp_min(0)[:, :, None]).squeeze(2).cpu()
+            if features is None:
+                features = host_buffer((n, f.shape[1]), torch.float16)
+            features[start:start + len(x)] = f.float().cpu().half()
+            bar.update()
+    return conf, features
 
 
 __all__ = ["knn", "linear_probe", "evaluate_run", "export_labels", "PROTOCOLS"]

@@ -40,6 +40,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from selfsup.augmentation import AugmentConfig, augment_unit, normalize, to_input
+from selfsup.data.stream import Images, chunks, host_buffer
 from selfsup.distributed import all_gather_nograd, rank, world_size
 from selfsup.errors import SelfSupError
 from selfsup.nets import Backbone, as_backbone, eval_mode
@@ -90,11 +91,15 @@ class Batch:
 
 @dataclass
 class EpochContext:
-    """What on_epoch_start hooks may use: the epoch, the full training data on the device, and the optimizer."""
+    """What on_epoch_start hooks may use: the epoch, the training images, and the optimizer.
+
+    `images` is a selfsup.data.stream.Images: on the device, or streamed from the decode cache when the split is
+    larger than data.device_budget_gb. Indexing it (a slice, an int, an index tensor) gives rows on the device;
+    walk the whole split with `dataset_pass` or `chunks`, never by copying all of it to the device."""
 
     epoch: int
     epochs: int
-    images: torch.Tensor
+    images: Images
     device: torch.device
     optimizer: torch.optim.Optimizer | None = None
     seed: int = 0
@@ -118,17 +123,30 @@ def gather_shards(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dataset_pass(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, size: int,
+def dataset_pass(fn: Callable[[torch.Tensor], torch.Tensor], images: Images | torch.Tensor, size: int,
                  batch_size: int = 1024, transform: Callable[[torch.Tensor], torch.Tensor] = normalize,
-                 what: str = "pass") -> torch.Tensor:
-    """fn applied to this rank's shard of the un-augmented training images (resized, then `transform`), in fp32."""
+                 what: str = "pass", on_host: bool = False) -> torch.Tensor:
+    """fn applied to this rank's shard of the un-augmented training images (resized, then `transform`), in fp32.
+
+    The images go through in chunks of `batch_size` (read ahead from the cache when streamed); only fn's outputs are
+    kept: on the device, or with `on_host` on the host in fp16 (in a cache file when larger than RAM allows), for
+    outputs too large for the device (SeLa's 10 x 3,000 log-probabilities per ImageNet image)."""
     start, stop = shard_range(len(images))
-    outs = []
+    outs, kept, row = [], None, 0
     with Progress(-(-(stop - start) // batch_size), f"{what} over {stop - start:,} training images", unit="img",
                   per_step=batch_size) as bar:
-        for i in range(start, stop, batch_size):
-            outs.append(fn(to_input(images[i:min(i + batch_size, stop)], size, transform)).float())
+        for chunk in chunks(images, start, stop, batch_size):
+            out = fn(to_input(chunk, size, transform)).float()
+            if on_host:
+                if kept is None:
+                    kept = host_buffer((stop - start, *out.shape[1:]), torch.float16)
+                kept[row:row + len(out)] = out.cpu().half()
+                row += len(out)
+            else:
+                outs.append(out)
             bar.update()
+    if on_host:
+        return kept if kept is not None else torch.empty(0)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -338,9 +356,10 @@ class Method(nn.Module):
         """One augmented view of the batch per config (multi-crop: see selfsup.augmentation.multi_crop_configs)."""
         return [self.view(batch, c) for c in configs]
 
-    def dataset_pass(self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                     what: str = "pass") -> torch.Tensor:
+    def dataset_pass(self, fn: Callable[[torch.Tensor], torch.Tensor], images: Images | torch.Tensor,
+                     what: str = "pass", on_host: bool = False) -> torch.Tensor:
         """fn over this rank's shard of the un-augmented training images (as this method's input), in eval mode;
         `what` names it in progress lines (e.g. "SeLa labelling pass")."""
         with eval_mode(self):
-            return dataset_pass(fn, images, self.data.input_size, transform=self.input_transform, what=what)
+            return dataset_pass(fn, images, self.data.input_size, transform=self.input_transform, what=what,
+                                on_host=on_host)

@@ -56,8 +56,8 @@ class PseudoLabelMethod(Method):
 
         n = min(len(images), limit, self.labels.shape[1])
         with eval_mode(self):
-            feats = torch.cat([self.backbone(to_input(images[i:i + 512], self.data.input_size, self.input_transform))
-                               .float() for i in range(0, n, 512)])
+            feats = torch.cat([self.backbone(to_input(images[i:min(i + 512, n)], self.data.input_size,
+                                                      self.input_transform)).float() for i in range(0, n, 512)])
         return cluster_picture(images[:n].cpu().numpy(), feats.cpu(), self.labels[0, :n].cpu())
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from selfsup.data.stream import device_budget
 from selfsup.errors import SelfSupError
-from selfsup.methods.base import EpochContext, gather_shards
+from selfsup.methods.base import EpochContext, gather_shards, shard_range
 from selfsup.methods.pseudo_labels import PseudoLabelMethod
 from selfsup.methods.registry import register_method
 from selfsup.ot import sinkhorn
@@ -73,10 +74,19 @@ class SeLa(PseudoLabelMethod):
 
     @torch.no_grad()
     def relabel(self, images: torch.Tensor) -> None:
-        """Re-optimise every head's labels over the whole training set with Sinkhorn-Knopp."""
-        log_p = self.dataset_pass(lambda x: F.log_softmax(self.logits(x).float(), dim=2), images, "SeLa labelling pass")
+        """Re-optimise every head's labels over the whole training set with Sinkhorn-Knopp.
+
+        The (N, heads, K) log-probabilities stay on the device when they fit its budget; otherwise (10 x 3,000 per
+        image over ImageNet: 154 GB in fp32) they are kept on the host in fp16 and each head's (N, K) goes to the
+        device for its own Sinkhorn-Knopp."""
+        start, stop = shard_range(len(images))
+        device = self.labels.device
+        need = (stop - start) * self.num_heads * self.num_classes * 4
+        log_p = self.dataset_pass(lambda x: F.log_softmax(self.logits(x).float(), dim=2), images, "SeLa labelling pass",
+                                  on_host=need > device_budget(None, device))
         for t in range(self.num_heads):
-            q = sinkhorn(log_p[:, t], self.cfg.lam, tol=self.cfg.sinkhorn_tol, max_iter=self.cfg.sinkhorn_iters)
+            q = sinkhorn(log_p[:, t].to(device).float(), self.cfg.lam, tol=self.cfg.sinkhorn_tol,
+                         max_iter=self.cfg.sinkhorn_iters)
             self.labels[t] = gather_shards(q.argmax(1), len(images))
 
     def on_epoch_start(self, ctx: EpochContext) -> None:

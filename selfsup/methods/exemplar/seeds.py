@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from kornia.color import hsv_to_rgb, rgb_to_hsv
 
 from selfsup.augmentation import GRAY, to_float
+from selfsup.data.stream import chunks
 from selfsup.errors import SelfSupError
 from selfsup.progress import Progress
 
@@ -128,12 +129,25 @@ def sample_seeds(images: np.ndarray | torch.Tensor, num_seeds: int, patch: int =
     return Seeds(picks.numpy(), torch.cat(corners).numpy(), torch.cat(contexts).numpy(), patch, image_size)
 
 
-def pixel_pca(images: torch.Tensor, max_pixels: int = 1_000_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Principal axes (rows, 3x3) and mean of the RGB values of uint8 images (N,H,W,3), from a pixel sample."""
-    flat = images.reshape(-1, 3)
-    if len(flat) > max_pixels:
-        pick = torch.randint(len(flat), (max_pixels,), generator=torch.Generator().manual_seed(seed))
-        flat = flat[pick.to(flat.device)]
+def pixel_pca(images, max_pixels: int = 1_000_000, seed: int = 0,
+              chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal axes (rows, 3x3) and mean of the RGB values of uint8 images (N,H,W,3), from a pixel sample.
+
+    `images` is a tensor or the run's Images (streamed ones too): they are read `chunk` images at a time, and the
+    sampled pixels are put back in the order they were drawn, so the result is the same either way."""
+    n, hw = len(images), images.shape[1] * images.shape[2]
+    if n * hw > max_pixels:
+        pick = torch.randint(n * hw, (max_pixels,), generator=torch.Generator().manual_seed(seed))
+        sorted_pick, where = pick.sort()
+        bounds = torch.searchsorted(sorted_pick, torch.arange(0, n + chunk, chunk) * hw)
+        parts = []
+        for i, part in enumerate(chunks(images, 0, n, chunk)):
+            p = sorted_pick[bounds[i]:bounds[i + 1]] - i * chunk * hw
+            parts.append(part.reshape(-1, 3)[p.to(part.device)].cpu())
+        flat = torch.empty((max_pixels, 3), dtype=torch.uint8)
+        flat[where] = torch.cat(parts)
+    else:
+        flat = torch.cat([part.reshape(-1, 3).cpu() for part in chunks(images, 0, n, chunk)])
     rgb = flat.double() / 255
     mean = rgb.mean(0)
     _, axes = torch.linalg.eigh(torch.cov((rgb - mean).T))  # columns are the principal axes
