@@ -157,8 +157,9 @@ def _fit_config(**extra):
         **extra})
 
 
-def _fit_recording_batches(out: Path) -> tuple[nn.Module, list[list[int]]]:
-    """selfsup.fit of _fit_config into `out`, and the dataset indices of every batch this process trained on."""
+def _fit_recording_batches(out: Path, **extra) -> tuple[nn.Module, list[list[int]]]:
+    """selfsup.fit of _fit_config(**extra) into `out`, and the dataset indices of every batch this process trained
+    on."""
     seen: list[list[int]] = []
     real = SeLa.training_step
 
@@ -168,7 +169,7 @@ def _fit_recording_batches(out: Path) -> tuple[nn.Module, list[list[int]]]:
 
     SeLa.training_step = recording
     try:
-        method = fit(None, _fit_images(), _fit_config(), out, progress=False)
+        method = fit(None, _fit_images(), _fit_config(**extra), out, progress=False)
     finally:
         SeLa.training_step = real
     return method, seen
@@ -178,6 +179,9 @@ def _fits(rank: int, out_dir: str) -> None:
     out = Path(out_dir)
     method, seen = _fit_recording_batches(out / "straight")
     torch.save({"batches": seen, "state": method.state_dict()}, out / f"fit.rank{rank}.pt")
+    # The same run with its images streamed (data.device_budget_gb=0): each process reads only its own rows.
+    _, seen = _fit_recording_batches(out / "streamed", data={"device_budget_gb": 0})
+    torch.save({"batches": seen}, out / f"streamed.rank{rank}.pt")
     fit(None, _fit_images(), _fit_config(max_minutes=0.0), out / "split", progress=False)  # stops after epoch 1
     fit(None, _fit_images(), _fit_config(), out / "split", resume=True, progress=False)
 
@@ -208,8 +212,9 @@ def processes(tmp_path_factory):
     ranks = {name: [torch.load(out / f"{name}.rank{r}.pt", weights_only=False) for r in range(WORLD)]
              for name in NAMES}
     fits = [torch.load(out / f"fit.rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    streamed = [torch.load(out / f"streamed.rank{r}.pt", weights_only=False) for r in range(WORLD)]
     _, one_process = _fit_recording_batches(out / "one")
-    return {"refs": refs, "ranks": ranks, "fits": fits, "one_process": one_process, "out": out}
+    return {"refs": refs, "ranks": ranks, "fits": fits, "streamed": streamed, "one_process": one_process, "out": out}
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +252,16 @@ def test_the_loop_gives_each_process_its_own_slice_of_every_batch(processes):
     for epoch in range(2):  # within an epoch no image is seen twice: 18 of the 20, each once
         seen = [i for batches in per_rank for b in batches[epoch * 3:(epoch + 1) * 3] for i in b]
         assert len(seen) == len(set(seen)) == FIT_N // FIT_BATCH * FIT_BATCH
+
+
+def test_a_streamed_multi_process_run_is_bit_identical_to_the_resident_one(processes):
+    out = processes["out"]
+    resident, streamed = load_checkpoint(out / "straight"), load_checkpoint(out / "streamed")
+    for key, value in resident["method"].items():
+        assert torch.equal(streamed["method"][key], value), key
+    assert _without_timing(read_metrics(out / "streamed")) == _without_timing(read_metrics(out / "straight"))
+    for rank in range(WORLD):  # each process trained on the same rows of every batch in both modes
+        assert processes["streamed"][rank]["batches"] == processes["fits"][rank]["batches"]
 
 
 def _without_timing(lines: list[dict]) -> list[dict]:

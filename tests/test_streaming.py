@@ -195,6 +195,17 @@ def test_every_method_streamed_from_an_imagenet_folder_is_bit_identical_to_resid
     assert _without_timing(read_metrics(tmp_path / "resident")) == _without_timing(read_metrics(tmp_path / "streamed"))
 
 
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_method_pretrains_streamed_from_tar_shards(tmp_path, imagenet_and_shards, name):
+    _, shards = imagenet_and_shards
+    cfg = _config(name)
+    cfg.data.source, cfg.data.size, cfg.data.device_budget_gb = f"shards:{shards}/train-{{0000..0001}}.tar", 16, 0.0
+    cfg.eval.knn_every = 0
+    method = fit(None, None, cfg, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run")["epoch"] == cfg.epochs
+    assert all(torch.isfinite(p).all() for p in method.parameters())
+
+
 def test_pretrain_from_the_command_line_on_imagenet_and_shards_streams_and_matches_resident(tmp_path,
                                                                                            imagenet_and_shards,
                                                                                            capsys):
