@@ -264,3 +264,19 @@ def test_sela_labels_from_log_probabilities_kept_on_the_host_agree_with_the_devi
     monkeypatch.setattr(sela, "device_budget", lambda *a: 0)  # the (N, heads, K) log-probabilities go to the host
     method.relabel(images)
     assert (method.labels == on_device).float().mean() > 0.97  # fp16 storage moves only near-ties
+
+
+def test_a_subset_or_imbalance_larger_than_memory_is_copied_once_into_the_cache(monkeypatch):
+    import selfsup.data.stream as stream
+    from selfsup.data import imbalanced, load_source, subset
+
+    arr = load_source("digits", "train", size=16)
+    in_memory = imbalanced(arr, "light", seed=3), subset(arr, 500, seed=3)
+    assert not any(isinstance(a.images, np.memmap) for a in in_memory)
+    monkeypatch.setattr(stream, "available_ram", lambda: 1000)  # nothing fits: the kept rows go to a cache file
+    on_disk = imbalanced(arr, "light", seed=3), subset(arr, 500, seed=3)
+    for mem, disk in zip(in_memory, on_disk):
+        assert isinstance(disk.images, np.memmap)
+        assert np.array_equal(np.asarray(disk.images), mem.images) and np.array_equal(disk.labels, mem.labels)
+    assert subset(arr, 500, seed=3).images.filename == on_disk[1].images.filename  # made once, then reused
+    assert subset(arr, 500, seed=4).images.filename != on_disk[1].images.filename  # other rows, another file

@@ -292,3 +292,41 @@ def cached_arrays(
         return np.load(_npy_paths(stem)[0], mmap_mode="r"), labels, classes
     except (OSError, ValueError):
         return images, labels, classes
+
+
+def made_once(folder: str, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None], what: str
+              ) -> np.ndarray:
+    """A uint8 array too large for RAM, made once into `$SELFSUP_CACHE/<folder>/<key>.npy` by fill(memory map) and
+    memory-mapped read-only from then on: the ranks of a torchrun job take turns on a lock (one makes it, the others
+    find it), the disk is checked first, and a temporary left by a killed process is removed before starting again."""
+    import fcntl
+    import shutil
+
+    from selfsup.errors import SelfSupError
+    from selfsup.progress import say
+
+    root = cache_dir() / folder
+    path = root / f"{key}.npy"
+    root.mkdir(parents=True, exist_ok=True)
+    nbytes = int(np.prod(shape, dtype=np.int64))
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            for stale in root.glob(f"{key}.tmp*.npy"):
+                stale.unlink(missing_ok=True)
+            free = shutil.disk_usage(root).free
+            if free < nbytes:
+                raise SelfSupError(f"{what} needs {nbytes / 2**30:.1f} GB in {root}, which has {free / 2**30:.1f} GB "
+                                   "free; free space there or set SELFSUP_CACHE to a larger disk")
+            say(f"selfsup: {what} ({nbytes / 2**30:.1f} GB) into {path}")
+            tmp = path.with_name(f"{key}.tmp{os.getpid()}.npy")
+            try:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                fill(out)
+                out.flush()
+                del out
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r")
+

@@ -3,9 +3,6 @@ turned into many images by the single-image augmentation when there are fewer th
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 import zlib
 
 import numpy as np
@@ -14,10 +11,9 @@ import torch
 from selfsup.augmentation import synthesize
 from selfsup.config import IN_MEMORY, Config, config_to_dict
 from selfsup.data import ImageArray, imbalanced, load_source, subset
-from selfsup.data.cache import cache_dir, cache_key
+from selfsup.data.cache import cache_key, made_once
 from selfsup.data.stream import DEFAULT_RAM_SHARE, available_ram
 from selfsup.errors import SelfSupError
-from selfsup.progress import say
 
 SYNTH_VERSION = 1  # part of a synthesised file's key: bump it when selfsup.augmentation.synthesize changes
 
@@ -95,35 +91,16 @@ def training_data(cfg: Config, arr: ImageArray, per_sample_state: bool) -> tuple
     # cache, chunk by chunk with the same draws (so the images are the same), and streamed from there.
     key = cache_key("synthesised", SYNTH_VERSION, arr.name, len(arr), zlib.crc32(np.ascontiguousarray(arr.images)),
                     cfg.seed, d.samples_per_epoch, config_to_dict(cfg)["data"]["single_image"])
-    folder = cache_dir() / "synthesised"
-    path = folder / f"{key}.npy"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the ranks of a torchrun job: one makes the file, the others wait for it
-        if not path.exists():
-            for stale in folder.glob(f"{key}.tmp*.npy"):  # left by a process killed while writing
-                stale.unlink(missing_ok=True)
-            if shutil.disk_usage(folder).free < nbytes:
-                raise SelfSupError(f"synthesising {d.samples_per_epoch:,} images from {arr.name} needs "
-                                   f"{nbytes / 2**30:.1f} GB in {folder}, which has "
-                                   f"{shutil.disk_usage(folder).free / 2**30:.1f} GB free; free space there or set "
-                                   "SELFSUP_CACHE to a larger disk")
-            say(f"selfsup: synthesising {d.samples_per_epoch:,} images ({nbytes / 2**30:.1f} GB) from {arr.name} "
-                f"into {path}")
-            tmp = path.with_name(f"{key}.tmp{os.getpid()}.npy")
-            try:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                                shape=(d.samples_per_epoch, side, side, 3))
-                start = 0
-                for part in _synthesised(images, cfg, chunks=True):
-                    out[start:start + len(part)] = part.numpy()
-                    start += len(part)
-                out.flush()
-                del out
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-    return ImageArray(name, np.load(path, mmap_mode="r"), None, []), False
+
+    def fill(out: np.ndarray) -> None:
+        start = 0
+        for part in _synthesised(images, cfg, chunks=True):
+            out[start:start + len(part)] = part.numpy()
+            start += len(part)
+
+    made = made_once("synthesised", key, (d.samples_per_epoch, side, side, 3), fill,
+                     f"synthesising {d.samples_per_epoch:,} images from {arr.name}")
+    return ImageArray(name, made, None, []), False
 
 
 def _synthesised(images: torch.Tensor, cfg: Config, chunks: bool = False):
