@@ -259,10 +259,23 @@ def test_sela_labels_from_log_probabilities_kept_on_the_host_agree_with_the_devi
     torch.manual_seed(0)
     method = build_method(cfg, get_method("sela").data_info(cfg, arr))
     images = Images(arr.images, "cpu", resident=False)
+    initial = method.labels.clone()
     method.relabel(images)
     on_device = method.labels.clone()
+    assert (on_device != initial).float().mean() > 0.5  # relabelling moved most labels off the random start
+    kept = []
+    real_pass = type(method).dataset_pass
+
+    def recording_pass(self, fn, images, what="pass", on_host=False):
+        out = real_pass(self, fn, images, what, on_host)
+        kept.append((on_host, out.dtype))
+        return out
+
+    monkeypatch.setattr(type(method), "dataset_pass", recording_pass)
     monkeypatch.setattr(sela, "device_budget", lambda *a: 0)  # the (N, heads, K) log-probabilities go to the host
+    method.labels.copy_(initial)
     method.relabel(images)
+    assert kept == [(True, torch.float16)]
     assert (method.labels == on_device).float().mean() > 0.97  # fp16 storage moves only near-ties
 
 

@@ -83,22 +83,11 @@ class Images:
         self._read = 0  # bytes read through the map since its pages were last released
         self._lock = threading.Lock()
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.uint8
-
     def __len__(self) -> int:
         return self.shape[0]
 
     def dim(self) -> int:
         return len(self.shape)
-
-    def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
 
     # ------------------------------------------------------------------------------------------------ host reads
 
@@ -126,7 +115,7 @@ class Images:
         return out
 
     def _read_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):  # one run, no repeats
+        if np.all(np.diff(rows) == 1):  # one run of consecutive rows (no repeats): a slice
             out[:] = self.host[int(rows[0]):int(rows[-1]) + 1]
         else:
             np.take(self.host, rows, axis=0, out=out)

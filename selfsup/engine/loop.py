@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from selfsup.augmentation import synthesize
 from selfsup.config import Config, check_config, config_to_dict, load_run_config, save_config
-from selfsup.data.stream import Images, Prefetcher, device_budget
+from selfsup.data.stream import Images, Prefetcher, device_budget, placed
 from selfsup.distributed import DistInfo, init_distributed
 from selfsup.engine.checkpoint import (
     CHECKPOINT,
@@ -297,14 +297,15 @@ def prepare(method: Method | None, data, run: Run) -> tuple[Method, TrainData]:
 def _placed(host, synth: bool, run: Run) -> Images:
     """The training images on the device when they fit data.device_budget_gb (a source made into new images at
     every step always does: it is a handful), else left in the cache to be streamed batch by batch."""
-    budget = device_budget(run.cfg.data.device_budget_gb, run.device)
-    nbytes = host.nbytes
-    resident = synth or nbytes <= budget
-    if not resident:
-        run.note(f"selfsup: the training images ({nbytes / 2**30:.2f} GB) exceed the device budget of "
+    if synth:
+        return Images(host, run.device, resident=True)
+    images = placed(host, run.device, run.cfg.data.device_budget_gb)
+    if not images.resident:
+        budget = device_budget(run.cfg.data.device_budget_gb, run.device)
+        run.note(f"selfsup: the training images ({host.nbytes / 2**30:.2f} GB) exceed the device budget of "
                  f"{budget / 2**30:.2f} GB (data.device_budget_gb); streaming them from "
                  f"{'the decode cache' if getattr(host, 'filename', None) else 'host memory'} a few batches ahead")
-    return Images(host, run.device, resident)
+    return images
 
 
 def setup_model(method: Method, run: Run, data: TrainData) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
