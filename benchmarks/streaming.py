@@ -1,7 +1,7 @@
 """Streamed against resident training: epoch time, and peak memory as the dataset grows.
 
     python benchmarks/streaming.py                        # the CPU measurement (about 15 minutes on 2 cores)
-    python benchmarks/streaming.py --device cuda          # on a GPU: the *_cifar10.yaml recipes (ResNet-18)
+    python benchmarks/streaming.py --device cuda          # on a GPU: the *_cifar10_fast.yaml recipes
     python benchmarks/streaming.py --tiny                 # seconds-long sizes on digits (the tests run it)
 
 1. Epoch time: SimCLR and SeLa on the CIFAR-10 JPEG copy, each trained once with the split on the device
@@ -112,7 +112,7 @@ def main() -> None:
               "logger=[]", "optim.warmup_epochs=0"]
     if args.tiny:
         common += ["data.size=16", "model.input_size=16", "augment.size=16", "batch_size=64"]
-    recipes = {m: str(ROOT / "recipes" / f"{m}_cifar10{'' if gpu else '_cpu'}.yaml") for m in ("simclr", "sela")}
+    recipes = {m: str(ROOT / "recipes" / f"{m}_cifar10{'_fast' if gpu else '_cpu'}.yaml") for m in ("simclr", "sela")}
     per_method = {
         "simclr": ["epochs=2" if gpu else "epochs=1"]
         + ([] if gpu else [f"data.samples_per_epoch={64 * 8 if args.tiny else args.simclr_samples}"]),

@@ -1,6 +1,6 @@
 """Export a pretrained run's ResNet into torchvision's own model and fine-tune it with plain PyTorch.
 
-    selfsup pretrain recipes/simclr_cifar10.yaml --out runs/simclr
+    selfsup pretrain recipes/simclr_cifar10_fast.yaml --out runs/simclr
     python examples/export_finetune.py runs/simclr --epochs 10
 
 The exported file loads with strict=True into `selfsup.nets.torchvision_resnet(...)`, which is torchvision's

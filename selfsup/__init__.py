@@ -12,7 +12,7 @@ The public API, imported on first use (so `import selfsup` and the command line 
     optimal transport  sinkhorn, self_label, equipartition
     training      fit, pretrain, load_run, Config, load_config
     data          load_source, ImageArray
-    evaluation    knn, linear_probe, evaluate_run, export_labels, export_backbone
+    evaluation    knn, linear_probe, finetune, evaluate_run, export_labels, export_backbone
 
 Example:
     >>> import selfsup, torchvision
@@ -28,7 +28,8 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "selfsup.nets": ["build_backbone", "wrap", "Backbone", "torchvision_resnet", "timm_resnet"],
-    "selfsup.augmentation": ["augment", "AugmentConfig", "MultiCropConfig", "simclr_recipe", "single_image_recipe"],
+    "selfsup.augmentation": ["augment", "AugmentConfig", "MultiCropConfig", "simclr_recipe", "single_image_recipe",
+                             "single_image_authors"],
     "selfsup.heads": ["ProjectionHead", "PredictionHead", "Prototypes", "DINOHead"],
     "selfsup.losses": ["nt_xent", "info_nce", "contrastive_across_batch", "negative_cosine", "barlow_twins", "vicreg",
                        "swav", "dino", "dino_center"],
@@ -43,7 +44,7 @@ _EXPORTS = {
     "selfsup.engine": ["fit", "pretrain", "load_run"],
     "selfsup.config": ["Config", "load_config"],
     "selfsup.data": ["load_source", "ImageArray"],
-    "selfsup.eval.protocols": ["knn", "linear_probe", "evaluate_run", "export_labels"],
+    "selfsup.eval.protocols": ["knn", "linear_probe", "finetune", "evaluate_run", "export_labels"],
     "selfsup.export": ["export_backbone"],
     "selfsup.errors": ["SelfSupError", "SelfSupWarning"],
 }

@@ -48,6 +48,8 @@ class AugmentConfig:
         "blur_sigma": "[0, inf) ordered",
         "solarize_p": "[0, 1]",
         "solarize_threshold": "[0, 1]",
+        "initial_crop": "[0, 1]",
+        "keep_center": "(0, 1]",
     }
 
     size: int = 32
@@ -69,6 +71,13 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    # > 0: first a square of this fraction of the source's shorter side, at a uniformly random place (drawn anew for
+    # every output image); the random resized crop (crop_scale: fractions of its area) is then drawn inside it. The
+    # single-image paper's generator: 0.5 (make_dataset_single.py `RandomCrop(int(initcrop*min(img.size)))`).
+    initial_crop: float = 0.0
+    # The central fraction of the side kept after the crop, rotation and shear, so the rotated crop's corners are
+    # left out (the single-image generator: resize to 362, rotate and shear, centre-crop 256; 256/362).
+    keep_center: float = 1.0
 
 
 def simclr_recipe(size: int = 32, strength: float = 0.5, blur: bool | None = None) -> AugmentConfig:
@@ -122,7 +131,14 @@ def _crop_sizes(n: int, cfg: AugmentConfig, src_h: int, src_w: int, g: torch.Gen
 
 
 def _geometry(n: int, cfg: AugmentConfig, src_h: int, src_w: int, g: torch.Generator, device):
-    wh = _crop_sizes(n, cfg, src_h, src_w, g, device)
+    """The output-to-source affine maps (B,2,3) in normalised coordinates, the crop sizes as fractions of the source,
+    and the other draws.
+
+    The crop is drawn in a frame: the whole source, or with initial_crop a random square inside it. keep_center k
+    scales the map about the crop centre, so the output shows the central k x k of the warped crop."""
+    side = max(1, int(cfg.initial_crop * min(src_h, src_w))) if cfg.initial_crop > 0 else 0  # whole pixels, as theirs
+    frame_w, frame_h = (side, side) if side else (src_w, src_h)
+    wh = _crop_sizes(n, cfg, frame_h, frame_w, g, device)
     flip = torch.rand(n, generator=g, device=device) < cfg.flip_p
     angle = _uniform(n, -cfg.rotation, cfg.rotation, g, device)
     shear = _uniform(n, -cfg.shear, cfg.shear, g, device)
@@ -132,6 +148,14 @@ def _geometry(n: int, cfg: AugmentConfig, src_h: int, src_w: int, g: torch.Gener
     uy = _uniform(n, -1, 1, g, device)
     ty = _uniform(n, -cfg.translate, cfg.translate, g, device)
     cx, cy = (1 - wh[:, 0]) * ux + 2 * wh[:, 0] * tx, (1 - wh[:, 1]) * uy + 2 * wh[:, 1] * ty
+    if side:
+        # Drawn last, and only here, so that a config without initial_crop draws exactly what it drew before. The
+        # square's centre is uniform over the places where it fits; the crop's centre and size, drawn in the square's
+        # frame above, move to the source's.
+        ox = (1 - side / src_w) * _uniform(n, -1, 1, g, device)
+        oy = (1 - side / src_h) * _uniform(n, -1, 1, g, device)
+        cx, cy = ox + cx * (side / src_w), oy + cy * (side / src_h)
+        wh = wh * torch.tensor([side / src_w, side / src_h], device=device)
     # Build the map in source pixel units (so rotation is a true rotation), then normalise by the source size.
     half_w, half_h = wh[:, 0] * src_w / 2, wh[:, 1] * src_h / 2
     a, sh = torch.deg2rad(angle), torch.tan(torch.deg2rad(shear))
@@ -144,6 +168,9 @@ def _geometry(n: int, cfg: AugmentConfig, src_h: int, src_w: int, g: torch.Gener
         torch.stack([m00 / (src_w / 2), m01 / (src_w / 2), cx], 1),
         torch.stack([m10 / (src_h / 2), m11 / (src_h / 2), cy], 1),
     ], 1)
+    if cfg.keep_center != 1:
+        # Output coordinate u samples where u * keep_center did: the centre of the warped crop, at the output size.
+        theta[:, :, :2] *= cfg.keep_center
     return theta, wh, flip, angle, {"shear": shear, "translate": torch.stack([tx, ty], 1)}
 
 
@@ -325,6 +352,8 @@ def augment_unit(images: torch.Tensor, cfg: AugmentConfig | None = None, generat
     src_h, src_w = src.shape[-2:]
     theta, wh, flip, angle, drawn = _geometry(count, cfg, src_h, src_w, generator, device)
     crop_px = torch.minimum(wh[:, 0] * src_w, wh[:, 1] * src_h)
+    if cfg.keep_center != 1:
+        crop_px = crop_px * cfg.keep_center  # the output spans only this much of the crop: pick the mip level for it
     x = _warp(src, theta, crop_px, cfg.size, cfg.padding)
     color, jitter, factors, gray, order = _color_matrices(count, cfg, x.mean(dim=(2, 3)), generator, device)
     x = torch.baddbmm(color[:, :, 3:], color[:, :, :3], x.flatten(2)).view_as(x)
@@ -457,6 +486,20 @@ def single_image_recipe(size: int = 64) -> AugmentConfig:
                          hue=0.1, grayscale_p=0.0)
 
 
+def single_image_authors(size: int = 64) -> AugmentConfig:
+    """The single-image paper's dataset generator as released (Asano et al. 2020; yukimasano/single_img_pretraining
+    make_dataset_single.py, its defaults): a random square of half the shorter side first (`--initcrop 0.5`, redrawn
+    for every image), a random resized crop of 1/500 to all of its area (`--scale 500 1`, ratio 3/4 to 4/3), rotation
+    and x-shear uniform in +-30 degrees with black fill (`RandomAffine(30, shear=30, fillcolor=0)`), the central 256
+    of the 362-px result kept (`CenterCrop(256)` after resizing to int(sqrt(2) * 256)), no flip (`--vflip` is off and
+    there is no horizontal flip), colour jitter (0.4, 0.4, 0.4, 0.1) with probability 0.5, no grayscale.
+
+    Output is `size` px (theirs 256, saved as JPEG); see docs/fidelity.md for what else differs."""
+    return AugmentConfig(size=size, initial_crop=0.5, crop_scale=(1 / 500, 1.0), crop_ratio=(3 / 4, 4 / 3),
+                         flip_p=0.0, rotation=30.0, shear=30.0, padding="zeros", keep_center=256 / 362, jitter_p=0.5,
+                         brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, grayscale_p=0.0)
+
+
 __all__ = ["AugmentConfig", "AugmentParams", "MultiCropConfig", "multi_crop_configs", "local_crop_size", "augment",
-           "augment_unit", "synthesize", "simclr_recipe", "single_image_recipe", "to_input", "to_float", "as_unit",
-           "resize", "normalize", "pad_crop_flip"]
+           "augment_unit", "synthesize", "simclr_recipe", "single_image_recipe", "single_image_authors", "to_input",
+           "to_float", "as_unit", "resize", "normalize", "pad_crop_flip"]

@@ -1,5 +1,5 @@
-"""`selfsup` command line: pretrain, eval knn|linear|nonlinear|quadrant, labels, transfer, export, config, study,
-plot, bench, demo. Each handler is a few lines over the library."""
+"""`selfsup` command line: pretrain, eval knn|linear|finetune|nonlinear|quadrant, labels, transfer, export, config,
+study, plot, bench, demo. Each handler is a few lines over the library."""
 
 from __future__ import annotations
 
@@ -49,9 +49,14 @@ def _layers(text: str) -> list[str] | None:
 def _eval(args) -> None:
     from selfsup.eval.protocols import evaluate_run
 
+    if args.labels is not None and args.protocol != "finetune":
+        raise SelfSupError("--labels is for selfsup eval finetune")
+    if args.linear_protocol is not None and args.protocol != "linear":
+        raise SelfSupError("--protocol is for selfsup eval linear (fast, linear-probes or simclr)")
     print(json.dumps(evaluate_run(args.run, args.protocol, args.overrides, _layers(args.layers), args.device,
                                   args.random_init, size=args.size, classifier=args.classifier, head=args.head,
-                                  epochs=args.epochs)))
+                                  epochs=args.epochs, linear_protocol=args.linear_protocol or "fast",
+                                  labels=args.labels or "10%", batch_size=args.batch_size)))
 
 
 def _labels(args) -> None:
@@ -148,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a run's frozen backbone")
-    ev.add_argument("protocol", choices=["knn", "linear", "nonlinear", "quadrant"],
-                    help="nonlinear: RotNet's classifiers on frozen layers (--head mlp or conv); "
+    ev.add_argument("protocol", choices=["knn", "linear", "finetune", "nonlinear", "quadrant"],
+                    help="linear: a linear classifier on frozen features (--protocol); finetune: the whole backbone "
+                         "and a linear layer on a share of the labels (--labels), as SimCLR's semi-supervised table; "
+                         "nonlinear: RotNet's classifiers on frozen layers (--head mlp or conv); "
                          "quadrant: Exemplar-CNN's protocol (conv maps max-pooled over 4 quadrants, a linear "
                          "classifier)")
     ev.add_argument("run", help="run directory")
@@ -162,7 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "for 50k images)")
     ev.add_argument("--head", choices=["mlp", "conv"], default="mlp",
                     help="nonlinear: 3 fully connected layers (mlp) or a NIN conv block (conv), as in RotNet's paper")
-    ev.add_argument("--epochs", type=int, help="nonlinear: training epochs (default the paper's: 50 mlp, 100 conv)")
+    ev.add_argument("--protocol", dest="linear_protocol", choices=["fast", "linear-probes", "simclr"],
+                    help="linear: fast (default; every tap average-pooled, features cached once, AdamW), "
+                         "linear-probes (the seeds' per-layer protocol: max-pool to ~9,600, batch norm without "
+                         "affine, SGD 0.01 x0.1 at epochs 10/20/30 of 36, crops and flips, ten-crop test) or simclr "
+                         "(one linear layer on the pooled representation, Nesterov, crops and flips, 100 epochs; 90 "
+                         "at ImageNet size)")
+    ev.add_argument("--labels", help="finetune: the labels used, class-balanced and seeded: 1%%, 10%% (default), 100%% "
+                                     "or N-per-class (e.g. 25-per-class)")
+    ev.add_argument("--epochs", type=int, help="training epochs instead of the protocol's (nonlinear: 50 mlp, 100 "
+                                               "conv; linear-probes 36; simclr 100 or 90; finetune 60 at 1%%, else 30)")
+    ev.add_argument("--batch-size", type=int, help="linear-probes, simclr, finetune: batch instead of the protocol's "
+                                                   "(192, 512, 512; the simclr and finetune rates follow batch/256)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--random-init", action="store_true",
                     help="evaluate the run's architecture at its initialisation (a baseline)")

@@ -81,6 +81,9 @@ class ModelConfig:
     width: float = 1.0  # channel multiplier of alexnet_small (0.5: a quarter of the compute, for CPU studies)
     patch_size: int | None = None  # Vision Transformers: None is 16 from 128 px up, 8 from 64 px, else 4
     sobel: bool = False  # the AlexNets: grayscale + Sobel derivatives in front of conv1 (DeepCluster's input)
+    # alexnet_imagenet: fc6 and fc7 as RotNet's AlexNet (Gidaris et al. 2018): linear without bias + batch norm + ReLU,
+    # no dropout (model.dropout must be 0)
+    fc_bn: bool = False
 
 
 @dataclass
@@ -133,10 +136,13 @@ class EvalConfig:
         "batch_size": "[1, inf)",
         "few_labels": "[0, inf)",
         "few_label_draws": "[1, inf)",
+        "val_fraction": "(0, 1)",
     }
 
     source: str | None = None  # default: the training source when it has labels
     train_split: str = "train"
+    # heldout: a seeded, class-balanced val_fraction of the train split (the rest is the train side), to select
+    # settings on without the test split
     test_split: str = "test"
     root: str | None = None
     size: int | None = None  # decode-time resize of the eval source
@@ -151,6 +157,9 @@ class EvalConfig:
     batch_size: int = 512  # feature extraction
     few_labels: int = 0  # studies: also probe every layer with this many labels per class (0: not done)
     few_label_draws: int = 5  # ... over this many seeded class-balanced draws (mean and std reported)
+    # Share of the labelled train split held out (seeded, class-balanced) where a protocol selects anything (its
+    # epoch), and for test_split=heldout; the test split is read once, for the final number.
+    val_fraction: float = 0.1
 
 
 @dataclass

@@ -62,12 +62,12 @@ def export_backbone(run: str | Path, output: str | Path | None = None, format: s
         torch.save(state, tmp)
     else:
         meta = {"backbone": model.backbone, "cifar_stem": str(model.cifar_stem).lower(),
-                "input_size": str(model.input_size)}
+                "input_size": str(model.input_size), "input": method.input_description}
         if vit:
             meta["patch_size"] = str(backbone.patch_size)
         save_file(state, str(tmp), metadata=meta)
     tmp.replace(out)
-    result = {"exported": str(out), "format": format, "tensors": len(state)}
+    result = {"exported": str(out), "format": format, "tensors": len(state), "input": method.input_description}
     if resnet:
         depth, stem = model.backbone[len("resnet"):], model.cifar_stem
         build = "timm_resnet" if format == "timm" else "torchvision_resnet"

@@ -183,7 +183,8 @@ class Sobel(nn.Module):
 
 
 class AlexNetSmall(StagedBackbone):
-    """AlexNet with batch-norm for small images (conv1..conv5), as SeLa and the single-image paper use on CIFAR.
+    """AlexNet with batch-norm for small images (conv1..conv5): selfsup's fast CIFAR-size variant (SeLa's own CIFAR code
+    runs the ImageNet AlexNet, alexnet_imagenet, on images upsampled to 224 px).
 
     Channel widths follow AlexNet (96-256-384-384-256); kernels are 5,5,3,3,3 with stride 1 and 3x3/2
     max-pools after conv1, conv2 and conv5, which maps 32x32 inputs to 4x4x256 before global pooling.
@@ -213,6 +214,14 @@ def _alexnet_grid(input_size: int) -> int:
     return side
 
 
+def _fc(cin: int, cout: int, bn: bool) -> list[nn.Module]:
+    """A fully connected layer and its ReLU; with `bn` RotNet's: no bias (batch norm's shift replaces it), then
+    BatchNorm1d."""
+    if not bn:
+        return [nn.Linear(cin, cout), nn.ReLU(inplace=True)]
+    return [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+
+
 class AlexNet(StagedBackbone):
     """The ImageNet-size AlexNet of DeepCluster and SeLa (and so of the linear-probes protocol): conv1 96x11x11 stride
     4, 3x3/2 max-pools after conv1, conv2 and conv5, conv2..conv5 of 256-384-384-256 (5x5, then 3x3), each with
@@ -222,13 +231,22 @@ class AlexNet(StagedBackbone):
     As the authors' code: convolutions He-normal over fan-out, linear layers N(0, 0.01), biases zero. Dropout is
     `model.dropout` (their 0.5 is a recipe's choice; the default 0 keeps every run's other defaults). Differences:
     a convolution followed by batch norm has no bias (theirs keeps one, which batch norm cancels).
+
+    `fc_bn` makes fc6 and fc7 RotNet's AlexNet classifier block (Gidaris et al. 2018, FeatureLearningRotNet
+    architectures/AlexNet.py `fc_block`: `Linear(6*6*256, 4096, bias=False), BatchNorm1d(4096), ReLU`, twice, no
+    dropout), with PyTorch's default initialisation of those layers, as theirs (their AlexNet.py sets none). The taps
+    and the representation (fc7, after its ReLU) stay as they are.
     """
 
-    def __init__(self, input_size: int = 224, bn: bool = True, dropout: float = 0.0, sobel: bool = False):
+    def __init__(self, input_size: int = 224, bn: bool = True, dropout: float = 0.0, sobel: bool = False,
+                 fc_bn: bool = False):
         side = _alexnet_grid(input_size)
         if side < 1:
             raise SelfSupError(f"alexnet_imagenet needs model.input_size of at least 63 px (conv1 strides by 4, then "
                                f"three 3x3/2 max-pools), got {input_size}; use alexnet_small for small images")
+        if fc_bn and dropout:
+            raise SelfSupError(f"model.fc_bn is RotNet's fc6/fc7, which have batch norm and no dropout; set "
+                               f"model.dropout=0 (got {dropout})")
         pool = lambda: nn.MaxPool2d(3, 2)  # noqa: E731
         drop = lambda: [nn.Dropout(dropout)] if dropout else []  # noqa: E731 - one module per layer
         conv1 = [*([Sobel()] if sobel else []), nn.Conv2d(2 if sobel else 3, 96, 11, stride=4, padding=2, bias=not bn),
@@ -239,15 +257,14 @@ class AlexNet(StagedBackbone):
             "conv3": nn.Sequential(pool(), *_conv_bn(256, 384, 3, bn)),
             "conv4": nn.Sequential(*_conv_bn(384, 384, 3, bn)),
             "conv5": nn.Sequential(*_conv_bn(384, 256, 3, bn)),
-            "fc6": nn.Sequential(pool(), nn.Flatten(), *drop(), nn.Linear(256 * side * side, 4096),
-                                 nn.ReLU(inplace=True)),
-            "fc7": nn.Sequential(*drop(), nn.Linear(4096, 4096), nn.ReLU(inplace=True)),
+            "fc6": nn.Sequential(pool(), nn.Flatten(), *drop(), *_fc(256 * side * side, 4096, fc_bn)),
+            "fc7": nn.Sequential(*drop(), *_fc(4096, 4096, fc_bn)),
         }
         super().__init__(stages, nn.Identity(), 4096)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")  # std sqrt(2 / (k*k*out))
-            elif isinstance(m, nn.Linear):
+            elif isinstance(m, nn.Linear) and not fc_bn:
                 nn.init.normal_(m.weight, 0.0, 0.01)
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -412,12 +429,14 @@ def check_backbone(name: str) -> None:
 
 
 def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn: bool = True, dropout: float = 0.0,
-                   width: float = 1.0, patch_size: int | None = None, sobel: bool = False) -> Backbone:
+                   width: float = 1.0, patch_size: int | None = None, sobel: bool = False,
+                   fc_bn: bool = False) -> Backbone:
     """Build a backbone by name: resnet18, resnet50, alexnet_small, alexnet_imagenet, nin, exemplar_small/medium/large
     (or 64c5-...), vit_tiny/small/base.
 
     `width` (a channel multiplier) applies to alexnet_small only, `patch_size` to the ViTs only (None: see
-    vit_patch_size; the model_config records the size used, so a rule change never changes a saved run's net).
+    vit_patch_size; the model_config records the size used, so a rule change never changes a saved run's net),
+    `fc_bn` (RotNet's batch-normalised fc6/fc7) to alexnet_imagenet only.
 
     Example:
         >>> net = build_backbone("resnet18", cifar_stem=True)
@@ -432,12 +451,14 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
         raise SelfSupError(f"model.sobel applies to alexnet_small and alexnet_imagenet only, not {name!r}")
     if patch_size is not None and key not in VITS:
         raise SelfSupError(f"model.patch_size applies to {', '.join(VITS)} only, not {name!r}")
+    if fc_bn and key != "alexnet_imagenet":
+        raise SelfSupError(f"model.fc_bn applies to alexnet_imagenet only, not {name!r}")
     if key in ("resnet18", "resnet50"):
         net: Backbone = ResNet(int(key[6:]), cifar_stem)
     elif key == "alexnet_small":
         net = AlexNetSmall(bn, width, sobel)
     elif key == "alexnet_imagenet":
-        net = AlexNet(input_size, bn, dropout, sobel)
+        net = AlexNet(input_size, bn, dropout, sobel, fc_bn)
     elif key == "nin":
         net = NIN(4, bn)
     elif key in VITS:
@@ -446,7 +467,7 @@ def build_backbone(name: str, cifar_stem: bool = False, input_size: int = 32, bn
     else:
         widths, fc = EXEMPLAR_NETS[key]
         net = ExemplarNet(widths, fc, input_size, bn, dropout)
-    net.model_config = ModelConfig(name, cifar_stem, input_size, bn, dropout, width, patch_size, sobel)
+    net.model_config = ModelConfig(name, cifar_stem, input_size, bn, dropout, width, patch_size, sobel, fc_bn)
     return net
 
 
@@ -456,7 +477,7 @@ def backbone_from(model: ModelConfig) -> Backbone:
         raise SelfSupError("this run's backbone was a module given to selfsup.fit, which a config cannot rebuild; "
                            "build it again and pass it: selfsup.load_run(RUN, method=...)")
     return build_backbone(model.backbone, model.cifar_stem, model.input_size, model.bn, model.dropout, model.width,
-                          model.patch_size, model.sobel)
+                          model.patch_size, model.sobel, model.fc_bn)
 
 
 CUSTOM = "custom"  # model.backbone of a run whose backbone was a wrapped module

@@ -172,7 +172,7 @@ def test_export_of_a_non_resnet_to_torchvision_is_a_one_line_error(tmp_path, cap
 
 
 def test_config_show_and_keys(capsys):
-    recipe = str(Path(__file__).parents[1] / "recipes" / "simclr_cifar10.yaml")
+    recipe = str(Path(__file__).parents[1] / "recipes" / "simclr_cifar10_fast.yaml")
     assert main(["config", "show", recipe, "optim.lr=0.3", "simclr.temperature=0.2"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["optim"]["lr"] == 0.3 and shown["simclr"]["temperature"] == 0.2 and "sela" not in shown

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROOT = Path(__file__).parents[1]
-RECIPE = str(ROOT / "recipes" / "simclr_cifar10.yaml")
+RECIPE = str(ROOT / "recipes" / "simclr_cifar10_fast.yaml")
 SETTINGS = ["data.size=16", "model.backbone=resnet18", "model.input_size=16", "augment.size=16", "eval.size=16",
             "epochs=1", "batch_size=16", "eval.knn_every=0", "simclr.proj_hidden=32", "eval.probe_epochs=2",
             "optim.warmup_epochs=0"]
@@ -65,7 +65,12 @@ def test_pretrain_eval_export(tmp_path, capsys, folder):
     report = (run / "report.md").read_text()
     assert "| pretrained |" in report and "| random init |" in report and (run / "probes.png").is_file()
     assert main(["export", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["input"].startswith("RGB in [0,1] normalised")
+    from safetensors import safe_open
     from safetensors.torch import load_file
+
+    with safe_open(run / "backbone.safetensors", "pt") as f:  # code without selfsup learns what to feed the net
+        assert f.metadata()["input"] == "RGB in [0,1] normalised with ImageNet's mean and std"
 
     tv = torchvision.models.resnet18()
     tv.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)

@@ -141,3 +141,45 @@ def test_sample_grid_shows_input_prediction_and_truth():
     assert (gray.max(-1) - gray.min(-1)).max() <= 2  # the input row has no colour
     np.testing.assert_array_equal(grid[72:104, :32],
                                   _discs(1, 0)[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy())
+
+
+def test_evaluation_features_of_a_colorization_backbone_ignore_chroma():
+    """Every evaluation path feeds the backbone what colorization trained it on, the lightness alone: images that
+    differ only in their colours (same L, other ab) give the same features and tap features, where an RGB input
+    would tell them apart."""
+    from selfsup.augmentation import normalize
+    from selfsup.eval.features import extract_features, extract_taps
+    from selfsup.eval.protocols import _parts
+    from selfsup.methods.colorization import lab_to_rgb
+    from selfsup.methods.colorization import rgb_to_lab as lab
+
+    g = torch.Generator().manual_seed(0)
+    n = 48
+    # Smooth random images of moderate lightness and colour (every pixel well inside the sRGB gamut), and the same
+    # images with their chroma turned by 180 degrees in the ab plane: the same L, other colours.
+    light = 35 + 30 * torch.rand(n, 1, 4, 4, generator=g)
+    ab = 25 * (torch.rand(n, 2, 4, 4, generator=g) - 0.5)
+    up = lambda t: torch.nn.functional.interpolate(t, size=16, mode="bilinear", align_corners=False)  # noqa: E731
+    to_uint8 = lambda lab_: (lab_to_rgb(lab_, clip=True) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa
+    one = to_uint8(up(torch.cat([light, ab], 1)))
+    other = to_uint8(up(torch.cat([light, -ab], 1)))
+    shift = (lab(torch.from_numpy(one).permute(0, 3, 1, 2) / 255.0) - lab(torch.from_numpy(other).permute(0, 3, 1, 2)
+                                                                          / 255.0)).abs()
+    assert shift[:, 1:].mean() > 5 and shift[:, 0].max() < 1.0  # colours changed, lightness kept (to uint8 rounding)
+    cfg = load_config(overrides={"method": "colorization", "model": {"backbone": "alexnet_small", "width": 0.25,
+                                                                      "input_size": 16}, "augment": {"size": 16}})
+    torch.manual_seed(0)
+    method = build_method(cfg, DataInfo(8)).eval()
+    backbone, transform, size = _parts(method, None)  # what selfsup.knn, linear_probe and finetune use
+    assert transform == method.input_transform and size == 16
+    assert method.input_description.startswith("CIE L*")  # what `selfsup export` writes beside the weights
+    feats = [extract_features(backbone, x, 16, torch.device("cpu"), transform=transform) for x in (one, other)]
+    rgb = [extract_features(backbone, x, 16, torch.device("cpu"), transform=normalize) for x in (one, other)]
+    change = lambda a, b: ((a.float() - b.float()).norm() / a.float().norm()).item()  # noqa: E731 - relative
+    # Measured: 1.0% (the uint8 rounding of L) against 25% for an RGB input.
+    assert change(*feats) < 0.02
+    assert change(*rgb) > 10 * change(*feats)  # an RGB input would see the change
+    taps = [extract_taps(backbone, x, 16, torch.device("cpu"), ["conv1", "conv3"], transform=transform)
+            for x in (one, other)]
+    for name in ("conv1", "conv3"):
+        assert change(taps[0][name], taps[1][name]) < 0.05  # conv1: 2.3%, stored in fp16

@@ -160,7 +160,7 @@ def test_non_utf8_yaml_is_one_line_naming_the_file(tmp_path):
     (["model.backbone=foo", "model.width=0.5"], "model.backbone: unknown backbone 'foo'"),
 ])
 def test_cli_prints_one_line_and_exits_2(extra, message):
-    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", "config", "show", "recipes/simclr_cifar10.yaml",
+    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", "config", "show", "recipes/simclr_cifar10_fast.yaml",
                            *extra], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"selfsup: error: {message}") and len(proc.stderr.splitlines()) == 1

@@ -29,7 +29,7 @@ def test_tiny_rehearsal_runs_every_step_and_writes_one_results_file(tmp_path):
     # Partial results: each bench item on its own timestamped line, in order, before the SimCLR run starts.
     items = [int(m) for m in re.findall(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d bench \[(\d+)/\d+\]", out, re.M)]
     assert items and items == list(range(1, len(items) + 1))
-    assert out.index("bench [1/") < out.index("recipes/simclr_cifar10.yaml")
+    assert out.index("bench [1/") < out.index("recipes/simclr_cifar10_fast.yaml")
     assert "throughput simclr selfsup: images_per_second=" in out
     md = tmp_path / "res" / f"cpu-{date.today().isoformat()}.md"
     text = md.read_text()

@@ -90,7 +90,7 @@ def training_data(cfg: Config, arr: ImageArray, per_sample_state: bool) -> tuple
     # More than fits in memory (the single-image study on ImageNet: 1,281,167 images): made once into a file of the
     # cache, chunk by chunk with the same draws (so the images are the same), and streamed from there.
     key = cache_key("synthesised", SYNTH_VERSION, arr.name, len(arr), zlib.crc32(np.ascontiguousarray(arr.images)),
-                    cfg.seed, d.samples_per_epoch, config_to_dict(cfg)["data"]["single_image"])
+                    cfg.seed, d.samples_per_epoch, _augment_key(config_to_dict(cfg)["data"]["single_image"]))
 
     def fill(out: np.ndarray) -> None:
         start = 0
@@ -101,6 +101,16 @@ def training_data(cfg: Config, arr: ImageArray, per_sample_state: bool) -> tuple
     made = made_once("synthesised", key, (d.samples_per_epoch, side, side, 3), fill,
                      f"synthesising {d.samples_per_epoch:,} images from {arr.name}")
     return ImageArray(name, made, None, []), False
+
+
+# single_image keys added after files were synthesised, with the values that leave the images as they were: at those
+# values they stay out of the key, so the files made before them are found again rather than made anew.
+_LATER_KEYS = {"initial_crop": 0.0, "keep_center": 1.0}
+
+
+def _augment_key(section: dict) -> dict:
+    """The single_image section as a synthesised file's key: keys added later left out while at their defaults."""
+    return {k: v for k, v in section.items() if not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
 
 
 def _synthesised(images: torch.Tensor, cfg: Config, chunks: bool = False):

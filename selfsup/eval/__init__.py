@@ -4,20 +4,58 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from selfsup.augmentation import normalize
 from selfsup.config import IN_MEMORY, Config
 from selfsup.data import ImageArray, load_source
+from selfsup.data.sources import kept_rows
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import Transform, extract_features, extract_taps, probe_pool
 from selfsup.eval.knn import knn_accuracy, knn_predict
 from selfsup.eval.linear import train_linear_probes
 from selfsup.nets import Backbone
 
+HELDOUT = "heldout"  # eval.test_split=heldout: a held-out part of the train split stands in for the test split
+HELDOUT_SEED = 0  # the same held-out rows for every run and seed, so selections made on them compare
+
+
+def held_out_rows(labels: np.ndarray, fraction: float, seed: int = HELDOUT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) sorted row numbers of a labelled split: a seeded `fraction` of every class's rows held out
+    (at least one of a class with two or more rows); unlabelled rows (-1) are always kept."""
+    if not 0 < fraction < 1:
+        raise SelfSupError(f"eval.val_fraction must be between 0 and 1 (exclusive), got {fraction}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels[labels >= 0]):
+        rows = np.flatnonzero(labels == c)
+        take = min(len(rows) - 1, max(1, round(fraction * len(rows)))) if len(rows) > 1 else 0
+        out.append(rng.permutation(rows)[:take])
+    held = np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def split_rows(arr: ImageArray, rows: np.ndarray, what: str) -> ImageArray:
+    """The rows `rows` (sorted) of a split as an ImageArray named after `what`."""
+    return ImageArray(f"{arr.name}[{what}]", kept_rows(arr.images, rows, what),
+                      None if arr.labels is None else arr.labels[rows], arr.classes)
+
+
+def held_out(arr: ImageArray, fraction: float) -> tuple[ImageArray, ImageArray]:
+    """A labelled split cut into (train, held-out) parts by held_out_rows: the held-out part selects settings (an
+    epoch, a temperature), so the test split is only ever read for the final number."""
+    if arr.labels is None or not (arr.labels >= 0).any():
+        raise SelfSupError(f"{arr.name} has no labels to hold a labelled part out of")
+    keep, held = held_out_rows(arr.labels, fraction)
+    if len(held) == 0:
+        raise SelfSupError(f"{arr.name}: no class has two labelled images, so none can be held out")
+    return split_rows(arr, keep, "train part"), split_rows(arr, held, f"held-out {fraction:g}")
+
 
 def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageArray] | None:
-    """The labelled (train, test) splits evaluation uses: eval.source, else the training source."""
+    """The labelled (train, test) splits evaluation uses: eval.source, else the training source. With
+    eval.test_split=heldout, (the train split less a held-out part, that part): see held_out."""
     source = cfg.eval.source or cfg.data.source
     if source.startswith("image:") or source == IN_MEMORY:
         if required:
@@ -30,19 +68,19 @@ def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageAr
         d = cfg.data
         train = load_source(source, cfg.eval.train_split, cfg.eval.root or d.root, d.download, size, d.bad_images,
                             d.workers)
-        test = load_source(source, cfg.eval.test_split, cfg.eval.root or d.root, d.download, size, d.bad_images,
-                           d.workers)
+        test = None if cfg.eval.test_split == HELDOUT else load_source(
+            source, cfg.eval.test_split, cfg.eval.root or d.root, d.download, size, d.bad_images, d.workers)
     except SelfSupError:
         if required:
             raise
         return None
     for part in (train, test):
-        if part.labels is None or (part.labels < 0).all():
+        if part is not None and (part.labels is None or (part.labels < 0).all()):
             if required:
                 raise SelfSupError(f"{source} split has no labels; "
                                    "set eval.source to a labelled source (e.g. eval.source=digits)")
             return None
-    return train, test
+    return held_out(train, cfg.eval.val_fraction) if test is None else (train, test)
 
 
 def run_knn(backbone: Backbone, cfg: Config, device: torch.device, splits: tuple[ImageArray, ImageArray] | None = None,
@@ -141,6 +179,7 @@ def run_linear(backbone: Backbone, cfg: Config, device: torch.device, layers: li
     return linear_probes(tap_features(backbone, cfg, device, layers, splits, transform), cfg, device)
 
 
-__all__ = ["eval_splits", "run_knn", "run_linear", "tap_features", "linear_probes", "layer_knn", "TapFeatures",
+__all__ = ["eval_splits", "held_out", "held_out_rows", "split_rows", "HELDOUT", "run_knn", "run_linear", "tap_features",
+           "linear_probes", "layer_knn", "TapFeatures",
            "few_label_probes", "few_label_subsets",
            "extract_features", "extract_taps", "probe_pool", "knn_accuracy", "knn_predict", "train_linear_probes"]

@@ -16,9 +16,11 @@ from selfsup.data.stream import placed
 from selfsup.engine.logs import log_eval_result
 from selfsup.errors import SelfSupError, warn
 from selfsup.eval import eval_splits, linear_probes, run_knn, tap_features
+from selfsup.eval.classifier import finetune_rows, parse_labels, protocol_for, train_classifier
 from selfsup.nets import Backbone
 
-PROTOCOLS = ("knn", "linear", "nonlinear", "quadrant")
+PROTOCOLS = ("knn", "linear", "finetune", "nonlinear", "quadrant")
+LINEAR_PROTOCOLS = ("fast", "linear-probes", "simclr")
 
 
 def _parts(model, input_size: int | None):
@@ -62,41 +64,105 @@ def knn(model, train: ImageArray, test: ImageArray, k: int = 200, temperature: f
 
 def linear_probe(model, train: ImageArray, test: ImageArray, layers: list[str] | None = None,
                  input_size: int | None = None, device: str | torch.device | None = None, probe_dims: int = 9600,
-                 epochs: int = 30, lr: float = 1e-3, weight_decay: float = 5e-4, batch_size: int = 256,
-                 seed: int = 0) -> dict[str, float]:
-    """Top-1 (percent) of a linear probe on each of `model`'s layers (all taps when None), over cached features:
-    each tap average-pooled to about probe_dims numbers, standardised, AdamW with a cosine schedule."""
+                 epochs: int | None = None, lr: float = 1e-3, weight_decay: float = 5e-4, batch_size: int | None = None,
+                 seed: int = 0, protocol: str = "fast", val_fraction: float | None = 0.1) -> dict:
+    """Top-1 (percent) of a linear classifier on `model`'s frozen features, by one of three protocols.
+
+    Args:
+        model: a Method (its backbone, input transform and input size) or a Backbone (give input_size).
+        train, test: labelled ImageArrays; the test split is read once, for the final number.
+        protocol: fast (each tap average-pooled to about probe_dims numbers over features cached once,
+            standardised, AdamW at lr / weight_decay with a cosine schedule, `epochs` default 30; nothing selected) |
+            linear-probes (the seeds' protocol on every tap: selfsup.eval.classifier) | simclr (SimCLR's linear
+            evaluation on the pooled representation). The last two train through the backbone on crops and flips
+            with their authors' settings (`epochs`, `batch_size` replace theirs) and keep the epoch that did best on
+            a held-out val_fraction of `train` (None: the last epoch, every image trains).
+
+    Returns:
+        fast: {layer: top-1}; linear-probes and simclr: the dict of selfsup.eval.classifier.train_classifier.
+
+    Example:
+        >>> selfsup.linear_probe(method, train, test, protocol="simclr", epochs=10)["top1"]
+    """
     backbone, transform, size = _parts(model, input_size)
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
-    cfg = _config(size, probe_dims=probe_dims, probe_epochs=epochs, probe_lr=lr, probe_weight_decay=weight_decay,
-                  probe_batch_size=batch_size)
-    cfg.seed = seed
-    return linear_probes(tap_features(backbone, cfg, device, layers, (train, test), transform), cfg, device)
+    if protocol == "fast":
+        cfg = _config(size, probe_dims=probe_dims, probe_epochs=30 if epochs is None else epochs, probe_lr=lr,
+                      probe_weight_decay=weight_decay, probe_batch_size=256 if batch_size is None else batch_size)
+        cfg.seed = seed
+        return linear_probes(tap_features(backbone, cfg, device, layers, (train, test), transform), cfg, device)
+    if protocol not in LINEAR_PROTOCOLS:
+        raise SelfSupError(f"unknown linear protocol {protocol!r}; use one of {', '.join(LINEAR_PROTOCOLS)}")
+    return train_classifier(backbone, protocol_for(protocol, size), train, test, size, device, layers, transform,
+                            val_fraction, seed, epochs, batch_size)
 
 
-def _probe_history(run: Path, model_name: str, accs: dict[str, float]) -> dict[str, dict[str, float]]:
-    """This probe result beside the run's earlier ones on the same layers (so the report shows both models)."""
+def finetune(model, train: ImageArray, test: ImageArray, labels: str = "10%", input_size: int | None = None,
+             device: str | torch.device | None = None, epochs: int | None = None, batch_size: int | None = None,
+             seed: int = 0, val_fraction: float | None = 0.1) -> dict:
+    """Top-1 (percent) of `model`'s backbone fine-tuned whole, with a linear layer, on a share of the labels (SimCLR's
+    semi-supervised protocol; the model itself is not changed).
+
+    Args:
+        labels: 1%, 10%, 100% or N-per-class: a class-balanced subset of `train` drawn under `seed` after the
+            held-out val_fraction (which selects the epoch) is set aside.
+        epochs, batch_size: instead of the protocol's (60 epochs for 1% of the labels, else 30; batch 512).
+
+    Example:
+        >>> selfsup.finetune(method, train, test, labels="1%")["top1"]["representation"]
+    """
+    backbone, transform, size = _parts(model, input_size)
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    parse_labels(labels)  # a bad spec fails before any work
+    if train.labels is None:
+        raise SelfSupError(f"{train.name} has no labels to fine-tune on")
+    rows, val_rows = finetune_rows(train.labels, labels, val_fraction, seed)
+    result = train_classifier(backbone, protocol_for("finetune", size, labels), train, test, size, device, None,
+                              transform, None, seed, epochs, batch_size, rows=rows, val_rows=val_rows)
+    return {"labels": labels, **result}
+
+
+def _rounded(out: dict) -> dict:
+    """A classifier protocol's result with its accuracies to two decimals."""
+    return {k: ({n: round(a, 2) for n, a in v.items()} if k in ("top1", "val_top1") else v) for k, v in out.items()}
+
+
+def _probe_history(run: Path, model_name: str, accs: dict[str, float],
+                   linear_protocol: str = "fast") -> dict[str, dict[str, float]]:
+    """This probe result beside the run's earlier ones by the same protocol on the same layers (so the report shows
+    both models)."""
     results: dict[str, dict[str, float]] = {}
     from selfsup.engine.checkpoint import EVAL_LOG, read_jsonl
 
     for entry in read_jsonl(run / EVAL_LOG):  # a damaged line is skipped (with a warning), never fatal
-        if entry.get("protocol") == "linear" and list(entry.get("linear_top1") or []) == list(accs):
-            results[entry.get("model", "pretrained")] = entry["linear_top1"]
+        if entry.get("protocol") != "linear" or entry.get("linear_protocol", "fast") != linear_protocol:
+            continue
+        top1 = entry.get("linear_top1") or entry.get("top1") or {}
+        if list(top1) == list(accs):
+            results[entry.get("model", "pretrained")] = top1
     results[model_name] = accs
     return results
 
 
 def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | None = None,
                  layers: list[str] | None = None, device: str = "auto", random_init: bool = False, size: int = 64,
-                 classifier: str = "probe", head: str = "mlp", epochs: int | None = None) -> dict:
-    """Evaluate a run's frozen backbone with one protocol; the result is appended to RUN/eval.jsonl and returned.
+                 classifier: str = "probe", head: str = "mlp", epochs: int | None = None,
+                 linear_protocol: str = "fast", labels: str = "10%", batch_size: int | None = None) -> dict:
+    """Evaluate a run's backbone with one protocol; the result is appended to RUN/eval.jsonl and returned.
 
     Args:
         run: a pretraining run directory.
-        protocol: knn | linear (every tap, or `layers`; also writes report.md and probes.png) | nonlinear (RotNet's
-            classifiers, `head` mlp or conv, `epochs`) | quadrant (Exemplar-CNN's, at `size` px, `classifier`).
-        overrides: key=value overrides of the run's config (e.g. eval.knn_k=20, eval.source=digits).
+        protocol: knn | linear (`linear_protocol` fast, linear-probes or simclr; fast and linear-probes probe every
+            tap, or `layers`, and write report.md and probes.png) | finetune (the whole backbone on `labels`: 1%,
+            10%, 100% or N-per-class) | nonlinear (RotNet's classifiers, `head` mlp or conv, `epochs`) | quadrant
+            (Exemplar-CNN's, at `size` px, `classifier`).
+        overrides: key=value overrides of the run's config (e.g. eval.knn_k=20, eval.source=digits: evaluation, and
+            fine-tuning, on another labelled source).
+        epochs, batch_size: instead of the protocol's own (linear-probes, simclr, finetune; epochs also nonlinear).
         random_init: the run's architecture at its initialisation instead (a baseline).
+
+    Protocols that select anything (linear-probes, simclr, finetune: the epoch) select on eval.val_fraction of the
+    training split held out; the test split is read once, for the final number.
     """
     from selfsup.distributed import pick_device
     from selfsup.engine import load_run
@@ -104,6 +170,10 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
 
     if protocol not in PROTOCOLS:
         raise SelfSupError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if linear_protocol not in LINEAR_PROTOCOLS:
+        raise SelfSupError(f"unknown linear protocol {linear_protocol!r}; use one of {', '.join(LINEAR_PROTOCOLS)}")
+    if protocol == "finetune":
+        parse_labels(labels)  # a bad --labels fails before the run is loaded
     run = Path(run)
     dev = pick_device(device)
     method = load_run(run, dev, random_init=random_init)
@@ -137,17 +207,32 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
                            budget_gb=cfg.data.device_budget_gb)
         result = {"model": model_name, "head": head, "epochs": epochs or HEADS[head]["epochs"],
                   "top1": {k: round(v, 2) for k, v in accs.items()}}
+    elif protocol == "finetune":
+        rows, val_rows = finetune_rows(splits[0].labels, labels, cfg.eval.val_fraction, cfg.seed)
+        out = train_classifier(backbone, protocol_for("finetune", cfg.model.input_size, labels), *splits,
+                               cfg.model.input_size, dev, None, transform, None, cfg.seed, epochs, batch_size,
+                               cfg.data.device_budget_gb, rows=rows, val_rows=val_rows)
+        result = {"model": model_name, "labels": labels, **_rounded(out)}
+    elif linear_protocol != "fast":
+        out = train_classifier(backbone, protocol_for(linear_protocol, cfg.model.input_size), *splits,
+                               cfg.model.input_size, dev, layers, transform, cfg.eval.val_fraction, cfg.seed, epochs,
+                               batch_size, cfg.data.device_budget_gb)
+        result = {"model": model_name, "linear_protocol": linear_protocol, **_rounded(out)}
+        accs = result["top1"]
     else:
         torch.manual_seed(cfg.seed)
         accs = linear_probes(tap_features(backbone, cfg, dev, layers, splits, transform), cfg, dev)
-        result = {"model": model_name, "linear_top1": {k: round(v, 2) for k, v in accs.items()}}
+        result = {"model": model_name, "linear_protocol": "fast",
+                  "linear_top1": {k: round(v, 2) for k, v in accs.items()}}
     # Logged first, with the epoch of the checkpoint it measured (eval may run beside training): a report that
     # cannot be written afterwards costs a warning, never the result.
     _log_result(run, {"protocol": protocol, "epoch": None if random_init else method.run_epoch, **result})
-    log_eval_result(run, cfg, protocol, result, method.run_epoch, random_init)
-    if protocol == "linear":
+    log_eval_result(run, cfg, linear_protocol if protocol == "linear" and linear_protocol != "fast" else protocol,
+                    result, method.run_epoch, random_init)
+    if protocol == "linear" and linear_protocol != "simclr":  # a per-layer picture for the per-layer protocols
         try:
-            write_probe_report(run, _probe_history(run, model_name, accs), title=f"Linear probes: {run.name}",
+            write_probe_report(run, _probe_history(run, model_name, accs, linear_protocol),
+                               title=f"Linear probes ({linear_protocol}): {run.name}",
                                note=f"eval source {cfg.eval.source or cfg.data.source}")
         except OSError as e:
             warn(f"cannot write the probe report in {run} ({e.strerror or e}); the result is in {run / 'eval.jsonl'}")
@@ -236,4 +321,4 @@ def _confidence_and_features(method, images, labels: torch.Tensor, chunk: int = 
     return conf, features
 
 
-__all__ = ["knn", "linear_probe", "evaluate_run", "export_labels", "PROTOCOLS"]
+__all__ = ["knn", "linear_probe", "finetune", "evaluate_run", "export_labels", "PROTOCOLS", "LINEAR_PROTOCOLS"]

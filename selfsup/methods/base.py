@@ -236,6 +236,9 @@ class Method(nn.Module):
     per_sample_state: ClassVar[bool] = False
     needs_targets: ClassVar[bool] = False
     uses_augment: ClassVar[bool] = True
+    # What input_transform makes of RGB in [0,1], in words: written into exported weights, so code using them without
+    # selfsup feeds the backbone what it was trained on.
+    input_description: ClassVar[str] = "RGB in [0,1] normalised with ImageNet's mean and std"
 
     backbone: Backbone
     channels_last: bool = False  # set by the training loop when the model runs in channels_last

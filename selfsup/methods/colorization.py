@@ -101,6 +101,8 @@ class Colorization(Method):
     """
 
     cfg: ColorizationConfig
+    input_description: ClassVar[str] = ("CIE L* of the sRGB input (0..100) as L/50 - 1, the same in all three channels "
+                                        "(selfsup.methods.colorization.lightness_input)")
 
     def __init__(self, backbone, cfg: ColorizationConfig | None = None, augment=None, data=None):
         super().__init__(backbone, cfg, augment, data)

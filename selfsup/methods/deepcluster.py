@@ -3,7 +3,8 @@
 Each epoch: features of the un-augmented training images (eval mode) -> PCA-whitened to `pca_dim` and
 L2-normalised -> k-means (faiss when installed, else the torch implementation below) -> pseudo-labels.
 The classifier is re-initialised after every re-clustering (cluster ids carry no meaning across
-clusterings), and batches sample uniformly over clusters so a few huge clusters cannot dominate.
+clusterings; weights N(0, 0.01), bias 0, as the authors' main.py), and batches sample uniformly over clusters so a
+few huge clusters cannot dominate.
 """
 
 from __future__ import annotations
@@ -119,13 +120,21 @@ class DeepCluster(PseudoLabelMethod):
         self.labels[0] = kmeans(pca_whiten(feats, self.cfg.pca_dim), self.cfg.num_clusters, self.cfg.kmeans_iters,
                                 seed, self.cfg.backend)
 
+    @torch.no_grad()
+    def reset_heads(self, seed: int) -> None:
+        """The classifier's weights drawn anew from N(0, 0.01) by a generator seeded with `seed`, its bias zero (the
+        authors' re-initialisation of the top layer after every clustering)."""
+        weight = self.heads.weight
+        generator = torch.Generator(device=weight.device).manual_seed(seed)
+        weight.normal_(0.0, 0.01, generator=generator)
+        self.heads.bias.zero_()
+
     def on_epoch_start(self, ctx: EpochContext) -> None:
         self.recluster(ctx.images, ctx.seed * 1000 + ctx.epoch)
         # Cluster ids are arbitrary after each clustering: start the classifier (and its momentum) afresh, from a
-        # generator seeded by the epoch, so every process draws the same new weights.
-        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-            torch.manual_seed(ctx.seed * 1000 + ctx.epoch)
-            self.heads.reset_parameters()
+        # generator seeded by the epoch, so every process draws the same new weights. As the authors' main.py:
+        # `top_layer.weight.data.normal_(0, 0.01); top_layer.bias.data.zero_()`.
+        self.reset_heads(ctx.seed * 1000 + ctx.epoch)
         if ctx.optimizer is not None:
             for p in self.heads.parameters():
                 ctx.optimizer.state.pop(p, None)

@@ -10,6 +10,10 @@ by default) and are one of:
 - regions: random blobs (smooth noise thresholded at the fraction), standing in for the paper's shapes
   taken from PASCAL segmentations, which are not available offline.
 
+With `bottleneck` = channelwise the encoder's last map reaches the decoder through the paper's channel-wise fully
+connected layer (Sec. 3.1), so every decoder unit can see the whole image, followed by a stride-1 1x1 convolution that
+mixes the channels (see ChannelwiseFC).
+
 With `adversarial` = w > 0 the loss is the paper's joint one, (1 - w) * reconstruction + w * adversarial
 (the paper: w = 0.001), which sharpens the fill. A discriminator (strided 4x4 convs with spectral norm, as
 BiGAN's) scores whole images: the original is real, the input with the predicted region pasted in is fake;
@@ -36,6 +40,7 @@ from selfsup.methods.registry import register_method
 from selfsup.nets import eval_mode
 
 MASKS = ("central", "blocks", "regions")
+BOTTLENECKS = ("none", "channelwise")
 
 
 @dataclass
@@ -51,6 +56,9 @@ class InpaintingConfig:
     overlap_weight: float = 10.0
     decoder_width: int = 128
     adversarial: float = 0.0  # weight of the adversarial loss; the paper's joint loss: 0.001 (0.999 on reconstruction)
+    # between encoder and decoder: none (the map as it is) | channelwise (the paper's channel-wise fully connected
+    # layer, then a stride-1 1x1 convolution and ReLU)
+    bottleneck: str = "none"
 
 
 def make_masks(kind: str, n: int, size: int, fraction: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -86,6 +94,40 @@ def erode(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return -F.max_pool2d(-mask, 2 * pixels + 1, stride=1, padding=pixels)
 
 
+class ChannelwiseFC(nn.Module):
+    """The context encoder's channel-wise fully connected layer (Pathak et al. 2016, Sec. 3.1): on m feature maps of
+    n x n, each map is fully connected to its own n x n output map and to no other ("a fully-connected layer with
+    groups"): m * n^4 weights instead of a full layer's m^2 * n^4.
+
+    The paper counts the weights "ignoring the bias term"; here each output unit has its own bias (per channel and
+    position, m * n^2 numbers), as each channel's map is an nn.Linear(n*n, n*n), initialised as nn.Linear. The
+    released code has no such layer (its inpainting net bottlenecks through a dense 4x4 convolution), so the paper's
+    text is all there is to follow.
+    """
+
+    def __init__(self, channels: int, height: int, width: int):
+        super().__init__()
+        area = height * width
+        bound = 1 / area ** 0.5  # nn.Linear's default: uniform in +-1/sqrt(fan_in), weights and bias alike
+        self.weight = nn.Parameter(torch.empty(channels, area, area).uniform_(-bound, bound))  # (C, in, out)
+        self.bias = nn.Parameter(torch.empty(channels, area).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        # (C, B, in) @ (C, in, out): one batched matmul, a separate matrix per channel.
+        out = torch.baddbmm(self.bias[:, None].to(x.dtype), x.flatten(2).transpose(0, 1), self.weight.to(x.dtype))
+        return out.transpose(0, 1).reshape(b, c, h, w)
+
+
+def channelwise_bottleneck(channels: int, height: int, width: int) -> nn.Sequential:
+    """The paper's bottleneck: the channel-wise fully connected layer, then "a stride 1 convolution to propagate
+    information across channels" (1x1 here: the paper gives no kernel size) and a ReLU. The paper names no
+    non-linearity for these two layers (only "up-convolutional layers ..., each with a ReLU"); one ReLU after the
+    convolution, none between the two linear layers (together a factorised fully connected layer), is our choice."""
+    return nn.Sequential(ChannelwiseFC(channels, height, width), nn.Conv2d(channels, channels, 1),
+                         nn.ReLU(inplace=True))
+
+
 class Discriminator(nn.Module):
     """Image -> logit: strided 4x4 convs with spectral norm and LeakyReLU(0.2) down to 4x4, then a linear layer."""
 
@@ -117,19 +159,24 @@ class ContextEncoder(Method):
             raise SelfSupError(f"inpainting.mask_fraction must be between 0 and 1, got {cfg.mask_fraction}")
         if not 0 <= cfg.adversarial < 1:
             raise SelfSupError(f"inpainting.adversarial must be in [0, 1) (the paper: 0.001), got {cfg.adversarial}")
+        if cfg.bottleneck not in BOTTLENECKS:
+            raise SelfSupError(f"inpainting.bottleneck must be one of {', '.join(BOTTLENECKS)}, got {cfg.bottleneck!r}")
         self.input_size = input_size = self.data.input_size
         self.encoder_tap, shape = self.backbone.last_spatial_tap(input_size)
         channels, size = shape[0], shape[-1]
+        self.bottleneck = channelwise_bottleneck(*shape) if cfg.bottleneck == "channelwise" else None
         layers: list[nn.Module] = []
         width = cfg.decoder_width
         cin = channels
-        while size < input_size:
+        while size * 2 <= input_size:
             layers += [nn.ConvTranspose2d(cin, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
                        nn.ReLU(inplace=True)]
             cin, size = width, size * 2
             width = max(16, width // 2)
         if size != input_size:
-            raise SelfSupError(f"the {self.encoder_tap} map ({shape[-1]} px) does not double up to {input_size} px")
+            # A map that does not double up to the image exactly (AlexNet's conv5 is 13 x 13 at 227 px: 208 after
+            # four up-convolutions) is resized the rest of the way before the last convolution.
+            layers.append(nn.Upsample(size=(input_size, input_size), mode="bilinear", align_corners=False))
         layers.append(nn.Conv2d(cin, 3, 3, padding=1))
         self.decoder = nn.Sequential(*layers)
         self.discriminator = Discriminator(input_size) if cfg.adversarial > 0 else None
@@ -144,6 +191,8 @@ class ContextEncoder(Method):
         inp = x * (1 - erased)
         inp = inp.contiguous(memory_format=torch.channels_last) if self.channels_last else inp
         fmap = self.backbone.forward_taps(inp, [self.encoder_tap])[self.encoder_tap]
+        if self.bottleneck is not None:
+            fmap = self.bottleneck(fmap)
         return self.decoder(fmap).float()
 
     def adversarial_losses(self, x: torch.Tensor, filled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,4 +228,5 @@ class ContextEncoder(Method):
             return image_rows([unnormalize(x) * (1 - erased) + 0.5 * erased, unnormalize(filled), unnormalize(x)])
 
 
-__all__ = ["ContextEncoder", "InpaintingConfig", "Discriminator", "make_masks", "erode", "MASKS"]
+__all__ = ["ContextEncoder", "InpaintingConfig", "Discriminator", "ChannelwiseFC", "channelwise_bottleneck",
+           "make_masks", "erode", "MASKS", "BOTTLENECKS"]
