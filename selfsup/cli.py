@@ -53,6 +53,16 @@ def _eval(args) -> None:
         raise SelfSupError("--labels is for selfsup eval finetune")
     if args.linear_protocol is not None and args.protocol != "linear":
         raise SelfSupError("--protocol is for selfsup eval linear (fast, linear-probes or simclr)")
+    trains = {"linear", "finetune", "nonlinear"}  # the protocols that train something for a number of epochs
+    if args.epochs is not None and args.protocol not in trains:
+        raise SelfSupError(f"--epochs is for eval linear, finetune and nonlinear, not {args.protocol}")
+    if args.batch_size is not None and args.protocol not in trains - {"nonlinear"}:
+        raise SelfSupError(f"--batch-size is for eval linear and finetune, not {args.protocol} (nonlinear trains at "
+                           "the paper's 128)")
+    pooled = args.protocol in ("finetune", "knn") or args.linear_protocol == "simclr"
+    if args.layers != "all" and pooled:
+        raise SelfSupError(f"--layers is for the per-layer protocols; {args.linear_protocol or args.protocol} uses the "
+                           "pooled representation")
     print(json.dumps(evaluate_run(args.run, args.protocol, args.overrides, _layers(args.layers), args.device,
                                   args.random_init, size=args.size, classifier=args.classifier, head=args.head,
                                   epochs=args.epochs, linear_protocol=args.linear_protocol or "fast",

@@ -40,6 +40,11 @@ def test_label_schedule_spacing():
     assert label_schedule(100, 5) == [0, 20, 40, 60, 80]
     quad = label_schedule(100, 5, "quadratic")
     assert quad == [0, 4, 16, 36, 64] and len(label_schedule(3, 10)) == 3
+    # One label step per epoch means every epoch: computed in floats, 29 / 400 * 400 fell to 28 and six epochs of
+    # sela_cifar10.yaml's 400 lost their step.
+    assert label_schedule(400, 400) == list(range(400))
+    quad = label_schedule(400, 100, "quadratic")  # sela_imagenet.yaml: steps 0-4 all fall in epoch 0
+    assert len(quad) == 93 and quad[:5] == [0, 1, 2, 3, 4] and quad[-1] == 392  # floor(99^2 / 100^2 * 400)
 
 
 def test_sinkhorn_labels_recover_separable_clusters_and_never_collapse():

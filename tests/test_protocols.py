@@ -13,7 +13,15 @@ from selfsup.cli import main
 from selfsup.data import ImageArray, load_source
 from selfsup.errors import SelfSupError
 from selfsup.eval import eval_splits, held_out, held_out_rows
-from selfsup.eval.classifier import PROTOCOLS, _ProbeHead, label_rows, protocol_for, train_classifier
+from selfsup.eval.classifier import (
+    PROTOCOLS,
+    _batch_bounds,
+    _checks,
+    _ProbeHead,
+    label_rows,
+    protocol_for,
+    train_classifier,
+)
 from selfsup.nets import build_backbone
 
 CPU = torch.device("cpu")
@@ -60,11 +68,17 @@ def test_heldout_split_stands_in_for_the_test_split():
     cfg = selfsup.load_config(None, ["data.source=digits", "eval.test_split=heldout", "eval.val_fraction=0.2"])
     train, val = eval_splits(cfg)
     full = load_source("digits", "train")
-    assert len(train) + len(val) == len(full) and abs(len(val) / len(full) - 0.2) < 0.01
-    rows = {bytes(x) for x in full.images.reshape(len(full), -1)}
-    assert all(bytes(x) in rows for x in val.images.reshape(len(val), -1))  # from the train split, not the test
-    assert not {bytes(x) for x in val.images.reshape(len(val), -1)} & {bytes(x) for x in
-                                                                       train.images.reshape(len(train), -1)}
+    # The train side is the whole split, not a copy, with the held-out rows' labels set to -1 (left out everywhere).
+    held = np.flatnonzero(train.labels < 0)
+    assert train.images.filename == full.images.filename and abs(len(held) / len(full) - 0.2) < 0.01  # one memmap
+    assert np.array_equal(train.labels[train.labels >= 0], full.labels[full.labels >= 0][np.isin(
+        np.arange(len(full)), held, invert=True)])
+    assert np.array_equal(val.images, np.asarray(full.images)[held]) and np.array_equal(val.labels, full.labels[held])
+    # What is held out never trains a protocol: the fast probes and kNN see only the rest.
+    net = _net()
+    small = selfsup.linear_probe(net, train, val, ["conv2"], input_size=16, epochs=2)
+    assert 10 < small["conv2"] <= 100
+    assert selfsup.knn(net, train, val, k=10, input_size=16) > 50
 
 
 def test_label_shares_are_class_balanced_and_seeded():
@@ -76,6 +90,11 @@ def test_label_shares_are_class_balanced_and_seeded():
     assert np.bincount(labels[label_rows(labels, "7-per-class")]).tolist() == [7] * 5
     assert np.array_equal(one, label_rows(labels, "1%", seed=0))
     assert not np.array_equal(one, label_rows(labels, "1%", seed=1))
+    # With a part set aside first, a share is still of each class's whole count (10% of 200 = 20), drawn from the rest.
+    among = np.flatnonzero(np.arange(1000) % 10 != 0)
+    ten = label_rows(labels, "10%", among=among)
+    assert np.bincount(labels[ten]).tolist() == [20] * 5 and np.isin(ten, among).all()
+    assert len(label_rows(labels, "100%", among=among)) == len(among)
     for bad in ("0%", "150%", "ten", "0-per-class", "5"):
         with pytest.raises(SelfSupError, match="--labels") as info:
             label_rows(labels, bad)
@@ -106,23 +125,41 @@ def test_linear_probes_and_simclr_protocols_learn_and_leave_the_backbone_frozen(
     probes = train_classifier(net, PROTOCOLS["linear-probes"], train, test, 16, CPU, ["conv2", "conv3"], epochs=4,
                               batch_size=32, progress=False)
     assert list(probes["top1"]) == ["conv2", "conv3"] and min(probes["top1"].values()) > 50  # chance is 10%
-    # Scored on the held-out tenth at the end of each learning-rate stage (10/20/30 of 36 epochs, scaled to 4).
-    assert set(probes["epoch"].values()) <= {1, 2, 3, 4} and probes["val_images"] == len(held_out_rows(train.labels,
-                                                                                                       0.1)[1])
+    # Scored on the held-out tenth at the end of each learning-rate stage (10/20/30 of 36 epochs; 1/2/3 of 4).
+    assert _checks(PROTOCOLS["linear-probes"], 36) == {10, 20, 30, 36}
+    assert _checks(PROTOCOLS["linear-probes"], 4) == {1, 2, 3, 4}
+    assert probes["val_images"] == len(held_out_rows(train.labels, 0.1)[1])
+    assert all(e in _checks(PROTOCOLS["linear-probes"], 4) for e in probes["epoch"].values())
     simclr = train_classifier(net, protocol_for("simclr", 16), train, test, 16, CPU, epochs=5, batch_size=32,
                               progress=False)
     assert list(simclr["top1"]) == ["representation"] and simclr["top1"]["representation"] > 30
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # batch-norm statistics too
 
 
-def test_finetuning_trains_the_backbone_of_a_copy_on_a_share_of_the_labels(digits):
+def test_finetuning_trains_the_backbone_of_a_copy_on_a_share_of_the_labels(digits, monkeypatch):
     train, test = digits
-    net = _net()
+    net = _net().requires_grad_(False)  # frozen, as a DINO run's teacher: fine-tuning still trains every weight
     before = {k: v.clone() for k, v in net.state_dict().items()}
+    kept = []
+    original = torch.nn.Module.load_state_dict
+
+    def spy(module, state, *args, **kw):  # the backbone state the selected epoch goes back to
+        if any(k.startswith("stages.") for k in state):
+            kept.append({k: v.clone() for k, v in state.items()})
+        return original(module, state, *args, **kw)
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", spy)
     out = selfsup.finetune(net, train, test, labels="30-per-class", input_size=16, epochs=8, batch_size=16)
     assert out["train_images"] == 300 and out["labels"] == "30-per-class"
     assert out["top1"]["representation"] > 30
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the caller's net is untouched
+    assert len(kept) == 1 and not torch.equal(kept[0]["stages.conv1.0.weight"], before["stages.conv1.0.weight"])
+
+
+def test_batches_leave_no_image_out_and_no_batch_of_one():
+    assert _batch_bounds(10, 4) == [0, 4, 8, 10]
+    assert _batch_bounds(9, 4) == [0, 4, 9]  # the ninth image joins the last batch
+    assert _batch_bounds(8, 4) == [0, 4, 8] and _batch_bounds(3, 4) == [0, 3]
 
 
 def _shuffled_test(test: ImageArray) -> ImageArray:
@@ -208,13 +245,16 @@ def test_cli_runs_every_protocol_and_fine_tunes_on_another_source(tmp_path, caps
         assert all(0 <= v <= 100 for v in (result.get("top1") or result.get("linear_top1")).values())
     log = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [e.get("linear_protocol") for e in log] == ["linear-probes", "simclr", "fast", None, None]
-    # 2 classes x 12 training images: 2 of each held out, then half or 5 of the other 10 of each class.
-    assert [(e.get("train_images"), e.get("val_images")) for e in log[3:]] == [(10, 4), (10, 4)]
+    # 2 classes x 12 training images: 2 of each held out, then half of each class's 12, or 5, from the other 10.
+    assert [(e.get("train_images"), e.get("val_images")) for e in log[3:]] == [(12, 4), (10, 4)]
     assert log[0]["val_images"] == 4 and log[0]["train_images"] == 20 and set(log[0]["epoch"]) == {"conv2"}
     assert (run / "report.md").exists()
     assert main(["eval", "finetune", str(run), "--labels", "half"]) == 2
     assert "--labels" in capsys.readouterr().err
     assert main(["eval", "knn", str(run), "--labels", "1%"]) == 2
+    assert main(["eval", "knn", str(run), "--epochs", "3"]) == 2  # a flag a protocol would ignore is an error
+    assert main(["eval", "linear", str(run), "--protocol", "simclr", "--layers", "conv1"]) == 2
+    assert "--layers" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # argparse's own error names the choices
         main(["eval", "linear", str(run), "--protocol", "probes"])
     assert info.value.code == 2

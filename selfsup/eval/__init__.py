@@ -43,14 +43,19 @@ def split_rows(arr: ImageArray, rows: np.ndarray, what: str) -> ImageArray:
 
 
 def held_out(arr: ImageArray, fraction: float) -> tuple[ImageArray, ImageArray]:
-    """A labelled split cut into (train, held-out) parts by held_out_rows: the held-out part selects settings (an
-    epoch, a temperature), so the test split is only ever read for the final number."""
+    """A labelled split cut into (train side, held-out part) by held_out_rows: the held-out part selects settings (an
+    epoch, a temperature), so the test split is only ever read for the final number. The train side is the same
+    images (never copied: ImageNet's would be 170 GB) with the held-out rows' labels set to -1, which every protocol
+    leaves out; only the held-out part is copied."""
     if arr.labels is None or not (arr.labels >= 0).any():
         raise SelfSupError(f"{arr.name} has no labels to hold a labelled part out of")
-    keep, held = held_out_rows(arr.labels, fraction)
+    _, held = held_out_rows(arr.labels, fraction)
     if len(held) == 0:
         raise SelfSupError(f"{arr.name}: no class has two labelled images, so none can be held out")
-    return split_rows(arr, keep, "train part"), split_rows(arr, held, f"held-out {fraction:g}")
+    labels = arr.labels.copy()
+    labels[held] = -1
+    return (ImageArray(f"{arr.name}[less held-out {fraction:g}]", arr.images, labels, arr.classes),
+            split_rows(arr, held, f"held-out {fraction:g}"))
 
 
 def eval_splits(cfg: Config, required: bool = True) -> tuple[ImageArray, ImageArray] | None:
@@ -125,15 +130,21 @@ def tap_features(backbone: Backbone, cfg: Config, device: torch.device, layers: 
 
 
 def linear_probes(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str, float]:
-    """Top-1 (percent) of a linear probe per tap."""
+    """Top-1 (percent) of a linear probe per tap, trained on the labelled training rows (-1: none, or held out)."""
     e = cfg.eval
-    return train_linear_probes(feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
+    train, labels = feats.train, feats.train_labels
+    if (labels < 0).any():
+        keep = torch.nonzero(labels >= 0).flatten()
+        train, labels = {k: v[keep] for k, v in train.items()}, labels[keep]
+    return train_linear_probes(train, labels, feats.test, feats.test_labels, feats.num_classes,
                                e.probe_epochs, e.probe_lr, e.probe_weight_decay, e.probe_batch_size, device, cfg.seed)
 
 
 def layer_knn(feats: TapFeatures, cfg: Config, device: torch.device) -> dict[str, float]:
-    """Top-1 (percent) of weighted kNN (eval.knn_k, eval.knn_t) on each tap's pooled features."""
-    return {name: knn_accuracy(feats.train[name], feats.train_labels, feats.test[name], feats.test_labels,
+    """Top-1 (percent) of weighted kNN (eval.knn_k, eval.knn_t) on each tap's pooled features, the labelled training
+    rows as the bank."""
+    keep = torch.nonzero(feats.train_labels >= 0).flatten()
+    return {name: knn_accuracy(feats.train[name][keep], feats.train_labels[keep], feats.test[name], feats.test_labels,
                                feats.num_classes, cfg.eval.knn_k, cfg.eval.knn_t, device=device)
             for name in feats.train}
 

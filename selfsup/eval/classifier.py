@@ -98,16 +98,17 @@ def parse_labels(spec: str) -> tuple[float | None, int | None]:
                        f"got {spec!r}")
 
 
-def label_rows(labels: np.ndarray, spec: str, seed: int = 0) -> np.ndarray:
+def label_rows(labels: np.ndarray, spec: str, seed: int = 0, among: np.ndarray | None = None) -> np.ndarray:
     """Sorted rows of a class-balanced, seeded share of the labelled rows: "1%", "10%", "100%" (that share of every
-    class, at least one image each) or "N-per-class" (N of every class, all of a smaller class)."""
+    class's whole count, at least one image) or "N-per-class", drawn from the rows `among` (default: all), so a
+    share keeps its size when a held-out part is set aside first (all of `among` at most)."""
     share, count = parse_labels(spec)
+    among = np.flatnonzero(labels >= 0) if among is None else among
     rng = np.random.default_rng(seed)
     picks = []
     for c in np.unique(labels[labels >= 0]):
-        rows = np.flatnonzero(labels == c)
-        take = count if share is None else len(rows) if share == 1 else max(1, round(share * len(rows)))
-        picks.append(rng.permutation(rows)[:take])
+        take = count if share is None else max(1, round(share * int((labels == c).sum())))
+        picks.append(rng.permutation(among[labels[among] == c])[:take])
     if not picks:
         raise SelfSupError("the training split has no labelled images to fine-tune on")
     return np.sort(np.concatenate(picks))
@@ -208,6 +209,15 @@ def _accuracy(backbone: Backbone, heads: nn.ModuleDict, layers: list[str], image
     return {name: 100.0 * c / max(1, count) for name, c in correct.items()}
 
 
+def _batch_bounds(n: int, batch_size: int) -> list[int]:
+    """Where each batch of an epoch of n images starts (and the end): a last batch of one joins the one before (batch
+    norm cannot train on a single sample), so every image trains and every epoch has the same steps."""
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and n - bounds[-2] == 1:
+        del bounds[-2]
+    return bounds
+
+
 def _checks(protocol: Protocol, epochs: int) -> set[int]:
     """Epochs (1-based, at their end) where the held-out part is scored: the end of every learning-rate stage for a
     step schedule, five evenly spaced points for a cosine one, and always the last."""
@@ -258,7 +268,9 @@ def train_classifier(backbone: Backbone, protocol: Protocol, train: ImageArray, 
             keep, val_rows = held_out_rows(train.labels, val_fraction)
             rows = np.intersect1d(keep, labelled)
     if protocol.finetune:
-        backbone = copy.deepcopy(backbone)  # the caller's backbone stays as it was
+        # A copy trains (the caller's backbone stays as it was), every weight of it: a run's evaluated backbone may
+        # be frozen (DINO's teacher, MoCo v3's patch projection), and fine-tuning means all of it.
+        backbone = copy.deepcopy(backbone).requires_grad_(True)
     if protocol.name == "linear-probes":
         layers = layers or list(backbone.taps)
         shapes = {k: tuple(v) for k, v in backbone.tap_shapes(size, layers).items()}
@@ -278,9 +290,10 @@ def train_classifier(backbone: Backbone, protocol: Protocol, train: ImageArray, 
     n = len(rows)
     if n < 2:
         raise SelfSupError(f"the training split has {n} labelled image(s); a classifier needs at least 2")
-    steps = -(-n // batch_size)
-    scale = epochs / protocol.epochs  # milestones move with a shorter or longer run
-    drops = [round(m * scale * steps) for m in protocol.milestones]
+    bounds = _batch_bounds(n, batch_size)
+    steps = len(bounds) - 1
+    # The milestones move with a shorter or longer run, to whole epochs (where the held-out part is scored).
+    drops = [round(m * epochs / protocol.epochs) * steps for m in protocol.milestones]
     total = epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, (lambda s: protocol.gamma ** bisect_right(drops, s)) if protocol.schedule == "step"
@@ -300,8 +313,7 @@ def train_classifier(backbone: Backbone, protocol: Protocol, train: ImageArray, 
             heads.train()
             backbone.train(protocol.finetune)  # frozen backbones keep their batch-norm statistics
             order = torch.randperm(n, generator=gen, device=device)
-            # A last batch of one is left out: batch norm cannot train on a single sample.
-            batches = [order[s:s + batch_size] for s in range(0, n, batch_size) if n - s >= 2]
+            batches = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
             for idx, batch in zip(batches, gather_batches(images, [rows_dev[i] for i in batches])):
                 x = transform(augment_unit(batch, aug, gen))
                 with torch.autocast(**bf16):
@@ -342,12 +354,13 @@ def _state(head: nn.Module, backbone: nn.Module | None) -> dict:
 
 def finetune_rows(labels: np.ndarray, spec: str, val_fraction: float | None, seed: int = 0
                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(training rows, held-out rows) for fine-tuning on `spec` of the labels (see label_rows): the held-out
-    val_fraction is set aside first (HELDOUT_SEED), so the labelled share is drawn (under `seed`) from the rest."""
+    """(training rows, held-out rows) for fine-tuning on `spec` of the labels: the held-out val_fraction is set aside
+    first (HELDOUT_SEED), then label_rows draws the share (of each class's whole count: 1% of CIFAR-10's 5,000 per
+    class is 50, as SimCLR's subsets of the whole split) from the rest; 100% is all of the rest."""
     from selfsup.eval import held_out_rows
 
-    keep, held = held_out_rows(labels, val_fraction) if val_fraction else (np.arange(len(labels)), None)
-    return keep[label_rows(labels[keep], spec, seed)], held
+    keep, held = held_out_rows(labels, val_fraction) if val_fraction else (np.flatnonzero(labels >= 0), None)
+    return label_rows(labels, spec, seed, among=keep), held
 
 
 __all__ = ["Protocol", "PROTOCOLS", "protocol_for", "train_classifier", "label_rows", "parse_labels", "finetune_rows",

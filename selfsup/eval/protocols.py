@@ -220,6 +220,10 @@ def evaluate_run(run: str | Path, protocol: str = "knn", overrides: list[str] | 
         result = {"model": model_name, "linear_protocol": linear_protocol, **_rounded(out)}
         accs = result["top1"]
     else:
+        if epochs is not None:  # --epochs and --batch-size of the fast protocol are its eval section's
+            cfg.eval.probe_epochs = epochs
+        if batch_size is not None:
+            cfg.eval.probe_batch_size = batch_size
         torch.manual_seed(cfg.seed)
         accs = linear_probes(tap_features(backbone, cfg, dev, layers, splits, transform), cfg, dev)
         result = {"model": model_name, "linear_protocol": "fast",

@@ -93,10 +93,12 @@ def run_quadrant(backbone: Backbone, train, test, device: torch.device, size: in
     test_x = quadrant_features(backbone, test.images, size, device, batch_size, transform)
     num_classes = max(train.num_classes, int(train.labels.max()) + 1)
     result = {"classifier": classifier, "size": size, "dims": train_x.shape[1]}
+    labelled = np.flatnonzero(train.labels >= 0)  # unlabelled or held-out rows (-1) train no classifier
     if not folds:
-        result["quadrant_top1"] = round(classify(train_x, train.labels, test_x, test.labels, classifier, num_classes,
-                                                 device, probe_epochs, seed), 2)
+        result["quadrant_top1"] = round(classify(train_x[labelled], train.labels[labelled], test_x, test.labels,
+                                                 classifier, num_classes, device, probe_epochs, seed), 2)
         return result
+    folds = [np.intersect1d(f, labelled) for f in folds]
     accs = [classify(train_x[f], train.labels[f], test_x, test.labels, classifier, num_classes, device,
                      probe_epochs, seed)
             for f in folds]

@@ -66,10 +66,11 @@ def label_schedule(epochs: int, steps: int, spacing: str = "linear") -> list[int
         raise SelfSupError(f"sela.label_steps must be >= 1, got {steps}")
     if spacing not in ("linear", "quadratic"):
         raise SelfSupError(f"sela.spacing must be linear or quadratic, got {spacing!r}")
-    t = np.linspace(0, 1, steps, endpoint=False)
+    # floor(epochs * (i / steps)^p) in integers: in floats, 29 / 400 * 400 is 28.999..., and such steps fell together.
+    i = np.arange(steps, dtype=np.int64)
     if spacing == "quadratic":
-        t = t ** 2
-    return sorted({int(e) for e in np.floor(t * epochs)})
+        return sorted({int(e) for e in (i * i * epochs) // (steps * steps)})
+    return sorted({int(e) for e in (i * epochs) // steps})
 
 
 def _seed_of(*key: int) -> int:
@@ -161,9 +162,13 @@ class SeLa(PseudoLabelMethod):
         batches of `batch` (default: label_batch; the last batch takes the remainder, so no batch has a single row).
         Each batch's augmentation and dropout draw from generators seeded by (seed, epoch, batch number) alone; a
         rank computes every batch that overlaps its share of the order and keeps its share's rows, so each row's
-        view, masks and batch statistics are the same for any number of processes, chunking or resume. Returns the
+        view, masks and batch statistics, hence its labels, are the same for any number of processes, chunking or
+        resume (the running averages batch norm updates on the way are each process's own, as in training). Returns the
         outputs for positions [start, stop) of the order (shard_range), and the whole order (N,): position i is row
         order[i]."""
+        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.modules()):
+            raise SelfSupError("sela.label_pass=augmented runs batch norm on each process's own batches; it cannot "
+                               "run with sync_bn=true (the processes label different numbers of batches)")
         n = len(images)
         batch = max(1, batch or self.label_batch())
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_of(seed, epoch, 0)))
