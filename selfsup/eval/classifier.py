@@ -209,6 +209,22 @@ def _accuracy(backbone: Backbone, heads: nn.ModuleDict, layers: list[str], image
     return {name: 100.0 * c / max(1, count) for name, c in correct.items()}
 
 
+def heads_step(features, heads: nn.ModuleDict, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+               sched, train_backbone: bool = False) -> float:
+    """One step of every layer's classifier on one batch: `features(x)` ({layer: activations}, through the backbone
+    once, with gradients only when it trains too), the summed cross-entropy, the optimizer and schedule; bf16 autocast
+    on CUDA. Returns the summed loss."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        with torch.set_grad_enabled(train_backbone):
+            feats = features(x)
+        loss = sum(F.cross_entropy(heads[name](f.float()), y) for name, f in feats.items())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def _batch_bounds(n: int, batch_size: int) -> list[int]:
     """Where each batch of an epoch of n images starts (and the end): a last batch of one joins the one before (batch
     norm cannot train on a single sample), so every image trains and every epoch has the same steps."""
@@ -303,7 +319,6 @@ def train_classifier(backbone: Backbone, protocol: Protocol, train: ImageArray, 
     aug = AugmentConfig(size=size, crop_scale=protocol.crop_scale, flip_p=0.5, jitter_p=0.0, grayscale_p=0.0)
     gen = torch.Generator(device=device).manual_seed(seed)
     rows_dev = rows.to(device)
-    bf16 = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     checks = _checks(protocol, epochs) if val_rows is not None and len(val_rows) else set()
     best: dict[str, tuple[float, int, dict]] = {}
     bar = Progress(epochs, f"{protocol.name} classifier{'s' * (len(layers) > 1)} on {n:,} images", unit="epochs",
@@ -316,15 +331,9 @@ def train_classifier(backbone: Backbone, protocol: Protocol, train: ImageArray, 
             batches = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
             for idx, batch in zip(batches, gather_batches(images, [rows_dev[i] for i in batches])):
                 x = transform(augment_unit(batch, aug, gen))
-                with torch.autocast(**bf16):
-                    with torch.set_grad_enabled(protocol.finetune):
-                        feats = _features(backbone, x, layers)
-                    loss = sum(F.cross_entropy(heads[k](f.float()), labels[idx]) for k, f in feats.items())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            bar.set(loss=f"{loss.item() / len(layers):.3f}")
+                loss = heads_step(lambda v: _features(backbone, v, layers), heads, x, labels[idx], opt, sched,
+                                  protocol.finetune)
+            bar.set(loss=f"{loss / len(layers):.3f}")
             bar.update()
             if epoch in checks:
                 scores = _accuracy(backbone, heads, layers, images, train.labels, val_rows, size, device, transform,
@@ -364,4 +373,4 @@ def finetune_rows(labels: np.ndarray, spec: str, val_fraction: float | None, see
 
 
 __all__ = ["Protocol", "PROTOCOLS", "protocol_for", "train_classifier", "label_rows", "parse_labels", "finetune_rows",
-           "REPRESENTATION"]
+           "heads_step", "REPRESENTATION"]

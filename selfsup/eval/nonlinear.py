@@ -20,11 +20,11 @@ from bisect import bisect_right
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from selfsup.augmentation import normalize, pad_crop_flip, resize, to_input
 from selfsup.data.stream import gather_batches, placed
 from selfsup.errors import SelfSupError
+from selfsup.eval.classifier import heads_step
 from selfsup.eval.features import Transform, _batches
 from selfsup.nets import Backbone, eval_mode
 from selfsup.progress import Progress
@@ -84,7 +84,6 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
     gen = torch.Generator(device=device).manual_seed(seed)
     pad = max(1, images.shape[1] // 8)
     rows_dev = rows.to(device)
-    bf16 = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     heads.train()
     bar = Progress(epochs, f"{kind} classifiers", unit="epochs", enabled=progress)
     with eval_mode(backbone), bar:  # frozen, batch-norm statistics included
@@ -94,15 +93,8 @@ def train_heads(backbone: Backbone, layers: list[str], kind: str, train_images: 
             batches = [order[s:s + BATCH_SIZE] for s in range(0, n, BATCH_SIZE) if n - s >= 2]
             for idx, batch in zip(batches, gather_batches(images, [rows_dev[i] for i in batches])):
                 x = transform(resize(pad_crop_flip(batch, pad, gen), size))
-                with torch.autocast(**bf16):
-                    with torch.no_grad():
-                        maps = backbone.forward_taps(x, layers)
-                    loss = sum(F.cross_entropy(heads[name](m.float()), labels[idx]) for name, m in maps.items())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            bar.set(loss=f"{loss.item() / len(layers):.3f}")
+                loss = heads_step(lambda v: backbone.forward_taps(v, layers), heads, x, labels[idx], opt, sched)
+            bar.set(loss=f"{loss / len(layers):.3f}")
             bar.update()
         return _accuracy(backbone, heads, layers, test_images, test_labels, size, device, transform)
 
